@@ -1,0 +1,1 @@
+"""The DuckDB result catalog (see issue: catalog, ranking, exports and reports)."""

@@ -1,0 +1,228 @@
+"""Batch SCOPE encoding: structures, tables or files in, a polars table out, one row per input.
+
+Rows keep the input order. A structure that cannot be read or analysed gets `scope = null` and an `error`
+reason; the batch goes on. Large inputs stream through worker processes in chunks with a bounded number of
+chunks in flight, so memory stays flat however many structures come in.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from cloud_core.scope import Variant, scope_string, sorted_elements
+from cloud_core.structures import (
+    DEFAULT_MAX_SITES,
+    Crystal,
+    RawInput,
+    Record,
+    StructureError,
+    crystal_from_pymatgen,
+    parse_raw,
+    validate,
+)
+from cloud_core.symmetry import DEFAULT_ANGLE_TOLERANCE, DEFAULT_SYMPREC, Backend
+
+SCHEMA: dict[str, Any] = {
+    "id": pl.String,
+    "source": pl.String,
+    "scope": pl.String,
+    "spacegroup": pl.Int16,
+    "formula": pl.String,
+    "nsites": pl.Int32,
+    "z_conventional": pl.Float32,  # formula units in the conventional standard cell
+    "disordered": pl.Boolean,
+    "symprec": pl.Float32,  # tolerance that succeeded (see symmetry.tolerance_ladder)
+    "backend": pl.String,
+    "variant": pl.String,
+    "error": pl.String,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeSettings:
+    """Everything that decides a SCOPE string, in one place (and picklable for worker processes)."""
+
+    variant: Variant = "canonical"
+    backend: Backend | None = None  # None: spglib for official, moyopy otherwise
+    symprec: float = DEFAULT_SYMPREC
+    angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE
+    max_sites: int = DEFAULT_MAX_SITES
+
+
+def encode_record(record: Record, settings: EncodeSettings) -> dict[str, Any]:
+    """One row of the output table for one record."""
+    row: dict[str, Any] = {
+        "id": record.id,
+        "source": record.source,
+        "scope": None,
+        "spacegroup": None,
+        "formula": None,
+        "nsites": None,
+        "z_conventional": None,
+        "disordered": None,
+        "symprec": None,
+        "backend": None,
+        "variant": settings.variant,
+        "error": record.error,
+    }
+    crystal = record.crystal
+    if crystal is None:
+        return row
+    amounts = crystal.element_amounts()
+    formula, atoms_per_unit = reduced_formula(amounts)
+    row.update(nsites=crystal.nsites, formula=formula, disordered=not crystal.is_ordered)
+    try:
+        scope, symmetry = scope_string(
+            crystal,
+            settings.variant,
+            backend=settings.backend,
+            symprec=settings.symprec,
+            angle_tolerance=settings.angle_tolerance,
+        )
+    except StructureError as exc:
+        row["error"] = str(exc)
+        return row
+    except Exception as exc:  # a library failing on one structure must not end the batch
+        row["error"] = f"{type(exc).__name__} in symmetry analysis: {' '.join(str(exc).split())[:300]}"
+        return row
+    atoms = sum(amounts.values())
+    row.update(
+        scope=scope,
+        spacegroup=symmetry.number,
+        symprec=symmetry.symprec,
+        backend=symmetry.backend,
+        z_conventional=round(atoms * symmetry.conventional_volume_ratio / atoms_per_unit, 4),
+    )
+    return row
+
+
+def reduced_formula(amounts: dict[str, float]) -> tuple[str, float]:
+    """Reduced formula in electronegativity order ('Al2O3') and its number of atoms per formula unit."""
+    order = sorted_elements(amounts)
+    counts = [amounts[el] for el in order]
+    if all(abs(c - round(c)) < 1e-6 for c in counts):
+        divisor = math.gcd(*(round(c) for c in counts)) or 1
+        reduced = [round(c) // divisor for c in counts]
+        text = "".join(f"{el}{n if n != 1 else ''}" for el, n in zip(order, reduced, strict=True))
+        return text, float(sum(reduced))
+    # Partial occupancies: amounts per cell as they are, trimmed.
+    text = "".join(f"{el}{c:.4g}" for el, c in zip(order, counts, strict=True))
+    return text, float(sum(counts))
+
+
+def _rows_to_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=SCHEMA, orient="row") if rows else pl.DataFrame(schema=SCHEMA)
+
+
+def encode_chunk(raws: Sequence[RawInput], settings: EncodeSettings) -> pl.DataFrame:
+    """Parse, validate and encode a chunk of raw inputs (what one worker does at a time)."""
+    return _rows_to_frame([encode_record(parse_raw(raw, settings.max_sites), settings) for raw in raws])
+
+
+# --------------------------------------------------------------------------------------------------
+# Python API
+
+
+def encode_structures(
+    structures: Iterable[Any], ids: Iterable[str] | None = None, settings: EncodeSettings | None = None
+) -> pl.DataFrame:
+    """Encode pymatgen Structures, Crystals or CIF strings; ids default to their position."""
+    settings = settings or EncodeSettings()
+    items = list(structures)
+    names = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(items))]
+    if len(names) != len(items):
+        raise ValueError(f"{len(names)} ids for {len(items)} structures")
+    rows = []
+    for name, item in zip(names, items, strict=True):
+        rows.append(encode_record(_record_from_object(name, item, settings.max_sites), settings))
+    return _rows_to_frame(rows)
+
+
+def _record_from_object(name: str, item: Any, max_sites: int) -> Record:
+    if isinstance(item, str):
+        return parse_raw(RawInput(name, "python", "cif", item), max_sites)
+    try:
+        crystal = item if isinstance(item, Crystal) else crystal_from_pymatgen(item)
+        return Record(name, "python", crystal=validate(crystal, max_sites))
+    except StructureError as exc:
+        return Record(name, "python", error=str(exc))
+    except Exception as exc:
+        return Record(name, "python", error=f"not a structure ({type(item).__name__}): {exc}")
+
+
+def encode_table(table: Any, settings: EncodeSettings | None = None, workers: int = 1) -> pl.DataFrame:
+    """Encode a polars DataFrame or Arrow table with a `cif` column (ids from material_id/id, else row)."""
+    frame = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
+    if "cif" not in frame.columns:
+        raise ValueError(f"table has no 'cif' column (columns: {', '.join(frame.columns)})")
+    id_column = next((c for c in ("material_id", "id") if c in frame.columns), None)
+    ids = frame[id_column].cast(pl.String).to_list() if id_column else [str(i) for i in range(frame.height)]
+    raws = [
+        RawInput(i, "table", "cif", c) if c is not None else RawInput(i, "table", "cif", error="empty cif cell")
+        for i, c in zip(ids, frame["cif"].to_list(), strict=True)
+    ]
+    frames = list(encode_stream(raws, settings or EncodeSettings(), workers=workers))
+    return pl.concat(frames) if frames else _rows_to_frame([])
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _chunks(items: Iterable[RawInput], size: int) -> Iterator[list[RawInput]]:
+    chunk: list[RawInput] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def encode_stream(
+    raws: Iterable[RawInput],
+    settings: EncodeSettings,
+    workers: int = 1,
+    chunk_size: int = 256,
+    on_chunk: Callable[[int], None] | None = None,
+) -> Iterator[pl.DataFrame]:
+    """Encode a stream of raw inputs, yielding one frame per chunk in input order.
+
+    With workers > 1 the chunks go to a process pool, at most 2 x workers in flight, so the reader never
+    runs ahead of the encoders by more than that (bounded memory for any input size).
+    """
+    chunks = _chunks(raws, chunk_size)
+    if workers <= 1:
+        for chunk in chunks:
+            frame = encode_chunk(chunk, settings)
+            if on_chunk:
+                on_chunk(len(chunk))
+            yield frame
+        return
+    # fork: workers inherit the imported libraries instead of importing them again (Linux default).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append((len(chunk), pool.apply_async(encode_chunk, (chunk, settings))))
+            if len(pending) >= 2 * workers:
+                n, result = pending.popleft()
+                frame = result.get()
+                if on_chunk:
+                    on_chunk(n)
+                yield frame
+        while pending:
+            n, result = pending.popleft()
+            frame = result.get()
+            if on_chunk:
+                on_chunk(n)
+            yield frame

@@ -1,0 +1,506 @@
+"""Crystal structures as plain arrays, read from files, tables and pymatgen objects.
+
+The encoder needs only a lattice, fractional coordinates and what occupies each site, so a `Crystal` holds
+just that. CIF text is parsed with gemmi (about 100x faster than pymatgen's CifParser); every other format,
+and any CIF that gemmi rejects, goes through pymatgen. Reading never raises for one bad structure: the
+readers yield `Record`s that carry either a `Crystal` or the reason it could not be read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Occupancies this far below 1 still count as a fully occupied site (CIFs often write 0.9999).
+FULL_OCCUPANCY_TOLERANCE = 1e-3
+# Two atoms closer than this (Å) are the same place: a broken file, unless they share a disordered site.
+MIN_ATOM_DISTANCE = 0.5
+# Sites this close (Å) that are each partially occupied are one mixed site (the CIF way to write disorder).
+MIXED_SITE_DISTANCE = 0.01
+# Default cap on sites per structure: symmetry search grows quickly with cell size.
+DEFAULT_MAX_SITES = 2000
+
+STRUCTURE_SUFFIXES = {".cif", ".mcif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json"}
+STRUCTURE_NAMES = {"POSCAR", "CONTCAR"}
+TABLE_SUFFIXES = {".parquet", ".csv", ".jsonl", ".ndjson"}
+
+Species = tuple[tuple[str, float], ...]  # what occupies one site: ((element, occupancy), ...)
+
+
+class StructureError(ValueError):
+    """A structure that cannot be encoded; the message is the row's `error` reason."""
+
+
+@dataclass(slots=True)
+class Crystal:
+    """A periodic crystal: lattice vectors as rows (Å), fractional coordinates, and each site's species.
+
+    `site_species[i]` lists (element, occupancy) pairs, one pair for an ordered site. `site_kinds[i]` is
+    the label that tells sites apart for symmetry (an element, or a species with its oxidation state, or
+    a mixed-site label), so two sites are symmetry-equivalent only if their kinds are equal.
+    """
+
+    lattice: np.ndarray  # (3, 3) float64, rows a, b, c
+    frac_coords: np.ndarray  # (n_sites, 3) float64
+    site_species: list[Species]
+    site_kinds: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.site_kinds:
+            self.site_kinds = [_kind_label(s) for s in self.site_species]
+
+    @property
+    def nsites(self) -> int:
+        return len(self.site_species)
+
+    @property
+    def is_ordered(self) -> bool:
+        return all(len(s) == 1 and s[0][1] >= 1 - FULL_OCCUPANCY_TOLERANCE for s in self.site_species)
+
+    def kind_numbers(self) -> np.ndarray:
+        """Site kinds as integers 1, 2, ... in order of first appearance (what spglib calls `types`)."""
+        index: dict[str, int] = {}
+        return np.array([index.setdefault(k, len(index) + 1) for k in self.site_kinds], dtype=np.int32)
+
+    def element_amounts(self) -> dict[str, float]:
+        """Element -> amount in the cell, in order of first appearance (pymatgen's Composition order)."""
+        amounts: dict[str, float] = {}
+        for species in self.site_species:
+            for element, occupancy in species:
+                amounts[element] = amounts.get(element, 0.0) + occupancy
+        return amounts
+
+
+@dataclass(slots=True)
+class Record:
+    """One input structure on its way through the encoder: an id, where it came from, and either a
+    crystal or the reason there is none."""
+
+    id: str
+    source: str
+    crystal: Crystal | None = None
+    error: str | None = None
+
+
+def _kind_label(species: Species) -> str:
+    if len(species) == 1 and species[0][1] >= 1 - FULL_OCCUPANCY_TOLERANCE:
+        return species[0][0]
+    return ",".join(f"{el}:{occ:.4g}" for el, occ in species)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation: every check raises StructureError with the reason a user needs.
+
+
+def _element_symbols() -> frozenset[str]:
+    import gemmi
+
+    # gemmi knows elements 1..118 (and 'X' for unknown, which we reject).
+    return frozenset(gemmi.Element(z).name for z in range(1, 119))
+
+
+_ELEMENTS: frozenset[str] | None = None
+
+
+def known_element(symbol: str) -> bool:
+    global _ELEMENTS
+    if _ELEMENTS is None:
+        _ELEMENTS = _element_symbols()
+    return symbol in _ELEMENTS
+
+
+def validate(crystal: Crystal, max_sites: int = DEFAULT_MAX_SITES) -> Crystal:
+    """Check a crystal is something symmetry analysis can work on; raise StructureError if not."""
+    n = crystal.nsites
+    if n == 0:
+        raise StructureError("empty structure: no atoms")
+    if n > max_sites:
+        raise StructureError(f"too many sites ({n} > max_sites={max_sites}); raise --max-sites to try it")
+    lattice, frac = crystal.lattice, crystal.frac_coords
+    if lattice.shape != (3, 3) or frac.shape != (n, 3):
+        raise StructureError(f"malformed arrays: lattice {lattice.shape}, coordinates {frac.shape}")
+    if not (np.isfinite(lattice).all() and np.isfinite(frac).all()):
+        raise StructureError("non-finite lattice or coordinates (NaN or inf)")
+    volume = abs(float(np.linalg.det(lattice)))
+    lengths = np.linalg.norm(lattice, axis=1)
+    # Compare with the volume of a box of the same edge lengths, so flat and needle cells both fail.
+    if volume < 1e-3 * float(np.prod(lengths)) or volume < 1.0:
+        raise StructureError(f"degenerate cell: volume {volume:.3g} Å^3 for edges {np.round(lengths, 3).tolist()} Å")
+    for species in crystal.site_species:
+        for element, occupancy in species:
+            if not known_element(element):
+                raise StructureError(f"unknown element symbol {element!r}")
+            if not (0 < occupancy <= 1 + FULL_OCCUPANCY_TOLERANCE):
+                raise StructureError(f"occupancy {occupancy} of {element} outside (0, 1]")
+        if sum(o for _, o in species) > 1 + FULL_OCCUPANCY_TOLERANCE:
+            raise StructureError(f"site occupancies sum to more than 1: {species}")
+    _check_no_overlaps(crystal)
+    return crystal
+
+
+def _check_no_overlaps(crystal: Crystal) -> None:
+    """Raise if two atoms sit closer than MIN_ATOM_DISTANCE, periodic images included."""
+    from scipy.spatial import cKDTree
+
+    frac = crystal.frac_coords - np.floor(crystal.frac_coords)
+    cart = frac @ crystal.lattice
+    # Images in the 27 neighbouring cells; enough because MIN_ATOM_DISTANCE is far below any cell edge
+    # that validate() lets through (the closest image of an atom is itself, one lattice vector away).
+    shifts = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], float)
+    images = (cart[None, :, :] + (shifts @ crystal.lattice)[:, None, :]).reshape(-1, 3)
+    tree = cKDTree(images)
+    pairs = tree.query_ball_point(cart, MIN_ATOM_DISTANCE)
+    n = crystal.nsites
+    for i, neighbours in enumerate(pairs):
+        for flat in neighbours:
+            j = flat % n
+            if flat == 13 * n + i:  # the atom itself, in the central cell
+                continue
+            d = float(np.linalg.norm(images[flat] - cart[i]))
+            if j == i:
+                raise StructureError(f"cell too small: site {i} is {d:.3f} Å from its own periodic image")
+            raise StructureError(f"overlapping atoms: sites {min(i, j)} and {max(i, j)} are {d:.3f} Å apart")
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsers: text or objects in, Crystal out (or StructureError).
+
+
+def crystal_from_cif(text: str) -> Crystal:
+    """Parse CIF text with gemmi (fast); fall back to pymatgen for what gemmi cannot read."""
+    try:
+        return _crystal_from_cif_gemmi(text)
+    except StructureError:
+        raise
+    except Exception as gemmi_error:  # gemmi rejects some CIFs that pymatgen reads; try it before failing
+        try:
+            return _crystal_from_cif_pymatgen(text)
+        except Exception as pmg_error:
+            raise StructureError(
+                f"unreadable CIF: {_one_line(gemmi_error)}; pymatgen: {_one_line(pmg_error)}"
+            ) from None
+
+
+def _crystal_from_cif_gemmi(text: str) -> Crystal:
+    import gemmi
+
+    block = gemmi.cif.read_string(text).sole_block()
+    small = gemmi.make_small_structure_from_block(block)
+    cell = small.cell
+    if not all(math.isfinite(x) and x > 0 for x in (cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma)):
+        raise StructureError(f"invalid cell parameters: {cell.parameters}")
+    sites = small.get_all_unit_cell_sites()
+    if not sites and not small.sites:
+        # Either a CIF with no atom loop, or one gemmi could not read: let pymatgen have a look too.
+        raise ValueError("no atom sites")
+    lattice = np.array(cell.orth.mat.tolist(), dtype=float).T  # gemmi's columns are a, b, c
+    frac = np.array([s.fract.tolist() for s in sites], dtype=float).reshape(-1, 3)
+    species = []
+    kinds = []
+    for s in sites:
+        element = s.element.name
+        if element == "X":
+            raise StructureError(f"unknown element symbol {s.type_symbol or s.label!r}")
+        species.append(((element, float(s.occ)),))
+        kinds.append(_kind_from_type_symbol(s.type_symbol, element))
+    return _merge_mixed_sites(Crystal(lattice, frac, species, kinds))
+
+
+def _kind_from_type_symbol(type_symbol: str, element: str) -> str:
+    """Keep an oxidation state ('Fe2+') as the symmetry kind, as pymatgen does; otherwise the element."""
+    if type_symbol and type_symbol[-1] in "+-" and type_symbol.startswith(element):
+        return type_symbol
+    return element
+
+
+def _merge_mixed_sites(crystal: Crystal) -> Crystal:
+    """Join partially occupied sites at the same place into one mixed site (CIF writes them apart)."""
+    occupancies = np.array([sum(o for _, o in s) for s in crystal.site_species])
+    if (occupancies >= 1 - FULL_OCCUPANCY_TOLERANCE).all():
+        for i, s in enumerate(crystal.site_species):  # round 0.9999 up so ordered sites stay ordered
+            crystal.site_species[i] = ((s[0][0], 1.0),)
+        return crystal
+    frac = crystal.frac_coords - np.floor(crystal.frac_coords)
+    keep: list[int] = []
+    merged: dict[int, list[tuple[str, float]]] = {}
+    for i in range(crystal.nsites):
+        for k in keep:
+            delta = frac[i] - frac[k]
+            delta -= np.round(delta)
+            if (
+                np.linalg.norm(delta @ crystal.lattice) < MIXED_SITE_DISTANCE
+                and occupancies[i] < 1
+                and occupancies[k] < 1
+            ):
+                merged[k].extend(crystal.site_species[i])
+                break
+        else:
+            keep.append(i)
+            merged[i] = list(crystal.site_species[i])
+    species = [_combine(merged[k]) for k in keep]
+    return Crystal(crystal.lattice, crystal.frac_coords[keep], species)
+
+
+def _combine(pairs: list[tuple[str, float]]) -> Species:
+    amounts: dict[str, float] = {}
+    for el, occ in pairs:
+        amounts[el] = amounts.get(el, 0.0) + occ
+    if len(amounts) == 1:
+        ((el, occ),) = amounts.items()
+        return ((el, 1.0 if occ >= 1 - FULL_OCCUPANCY_TOLERANCE else occ),)
+    return tuple(amounts.items())
+
+
+def _crystal_from_cif_pymatgen(text: str) -> Crystal:
+    import warnings
+
+    from pymatgen.io.cif import CifParser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        structures = CifParser.from_str(text).parse_structures(primitive=False)
+    if not structures:
+        raise StructureError("CIF holds no structure")
+    return crystal_from_pymatgen(structures[0])
+
+
+def crystal_from_pymatgen(structure: Any) -> Crystal:
+    """A pymatgen Structure (ordered or disordered) as a Crystal."""
+    species: list[Species] = []
+    kinds: list[str] = []
+    for site in structure:
+        # Element.symbol and Species.symbol are both the bare element ('Fe' for Fe2+); dummies give 'X...'.
+        pairs = tuple((str(getattr(sp, "symbol", sp)), float(occ)) for sp, occ in site.species.items())
+        for element, _ in pairs:
+            if not known_element(element):
+                raise StructureError(f"unknown element symbol {element!r}")
+        species.append(pairs)
+        kinds.append(site.species_string if len(pairs) == 1 else _kind_label(pairs))
+    return Crystal(
+        np.array(structure.lattice.matrix, dtype=float),
+        np.array(structure.frac_coords, dtype=float).reshape(-1, 3),
+        species,
+        kinds,
+    )
+
+
+def crystal_from_text(text: str, fmt: str) -> Crystal:
+    """Parse structure text of a known format: 'cif', 'poscar', 'extxyz' or 'json'."""
+    if not text.strip():
+        raise StructureError(f"empty {fmt} input")
+    if fmt == "cif":
+        return crystal_from_cif(text)
+    try:
+        if fmt == "poscar":
+            import warnings
+
+            from pymatgen.io.vasp import Poscar
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return crystal_from_pymatgen(Poscar.from_str(text).structure)
+        if fmt == "json":
+            return _crystal_from_json(text)
+        if fmt == "extxyz":
+            return _crystal_from_extxyz(text)
+    except StructureError:
+        raise
+    except Exception as exc:
+        raise StructureError(f"unreadable {fmt}: {_one_line(exc)}") from None
+    raise StructureError(f"unknown structure format {fmt!r}")
+
+
+def _crystal_from_json(text: str) -> Crystal:
+    from pymatgen.core import Structure
+
+    data = json.loads(text)
+    if not isinstance(data, dict) or "lattice" not in data or "sites" not in data:
+        raise StructureError("JSON is not a pymatgen Structure (needs 'lattice' and 'sites')")
+    return crystal_from_pymatgen(Structure.from_dict(data))
+
+
+def _crystal_from_extxyz(text: str) -> Crystal:
+    import io
+
+    from ase.io import read
+
+    atoms = read(io.StringIO(text), format="extxyz")
+    if not atoms.cell.rank == 3 or not all(atoms.pbc):
+        raise StructureError("extended XYZ frame has no 3D periodic lattice (Lattice=... with pbc)")
+    kinds = list(atoms.get_chemical_symbols())
+    for symbol in kinds:
+        if not known_element(symbol):
+            raise StructureError(f"unknown element symbol {symbol!r}")
+    return Crystal(
+        np.array(atoms.cell[:], float),
+        np.array(atoms.get_scaled_positions(wrap=False), float),
+        [((k, 1.0),) for k in kinds],
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs: files, directories and tables to a stream of Records.
+
+
+def format_of(path: Path) -> str | None:
+    """The structure format a file name implies, or None if it is not a structure file."""
+    name, suffix = path.name, path.suffix.lower()
+    if suffix in (".cif", ".mcif"):
+        return "cif"
+    if name in STRUCTURE_NAMES or name.startswith(("POSCAR", "CONTCAR")) or suffix in (".vasp", ".poscar"):
+        return "poscar"
+    if suffix in (".xyz", ".extxyz"):
+        return "extxyz"
+    if suffix == ".json":
+        return "json"
+    if suffix in TABLE_SUFFIXES:
+        return "table"
+    return None
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files named on the command line, with each directory replaced by its structure files (sorted)."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.is_file() and format_of(p)))
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"input not found: {path}")
+    return paths
+
+
+@dataclass(slots=True)
+class RawInput:
+    """A structure not yet parsed: text plus its format (parsing happens in the worker processes)."""
+
+    id: str
+    source: str
+    fmt: str
+    text: str | None = None
+    error: str | None = None
+
+
+def iter_raw_inputs(paths: Iterable[Path], table_batch_rows: int = 4096) -> Iterator[RawInput]:
+    """Stream every structure in the given files; tables are read in row batches to bound memory."""
+    for path in paths:
+        fmt = format_of(path)
+        if fmt == "table":
+            yield from _iter_table(path, table_batch_rows)
+            continue
+        source = str(path)
+        if fmt is None:
+            yield RawInput(path.stem, source, "unknown", error=f"unrecognised file type {path.suffix or path.name!r}")
+            continue
+        try:
+            data = path.read_bytes()
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            try:
+                text = data.decode("latin-1") if b"\x00" not in data else None
+            except Exception:
+                text = None
+            if text is None:
+                yield RawInput(path.stem, source, fmt, error="binary file: not UTF-8 or Latin-1 text")
+                continue
+        except OSError as exc:
+            yield RawInput(path.stem, source, fmt, error=f"cannot read file: {_one_line(exc)}")
+            continue
+        if fmt == "json":
+            yield from _iter_json_file(path, text)
+        else:
+            yield RawInput(path.stem, source, fmt, text)
+
+
+def _iter_json_file(path: Path, text: str) -> Iterator[RawInput]:
+    """A JSON file holds one pymatgen Structure dict, or a list of them (ids from 'id'/'material_id')."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield RawInput(path.stem, str(path), "json", error=f"invalid JSON: {exc}")
+        return
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            ident = (
+                str(item.get("material_id") or item.get("id") or f"{path.stem}:{i}")
+                if isinstance(item, dict)
+                else f"{path.stem}:{i}"
+            )
+            structure = item.get("structure", item) if isinstance(item, dict) else item
+            yield RawInput(ident, str(path), "json", json.dumps(structure))
+    else:
+        yield RawInput(path.stem, str(path), "json", text)
+
+
+def _iter_table(path: Path, batch_rows: int) -> Iterator[RawInput]:
+    """Rows of a Parquet/CSV/JSONL table with a `cif` column; ids from `material_id` or `id`, else row number."""
+    import polars as pl
+
+    source = str(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            lazy = pl.scan_parquet(path)
+        elif suffix == ".csv":
+            lazy = pl.scan_csv(path, infer_schema=False)
+        else:
+            lazy = pl.scan_ndjson(path, infer_schema_length=None)
+        columns = lazy.collect_schema().names()
+    except Exception as exc:
+        yield RawInput(path.stem, source, "table", error=f"unreadable table: {_one_line(exc)}")
+        return
+    if "cif" not in columns:
+        yield RawInput(
+            path.stem, source, "table", error=f"table has no 'cif' column (columns: {', '.join(columns[:20])})"
+        )
+        return
+    id_column = next((c for c in ("material_id", "id") if c in columns), None)
+    selected = ["cif"] + ([id_column] if id_column else [])
+    offset = 0
+    while True:
+        try:
+            batch = lazy.select(selected).slice(offset, batch_rows).collect()
+        except Exception as exc:
+            yield RawInput(
+                f"{path.stem}:{offset}", source, "table", error=f"unreadable table rows from {offset}: {_one_line(exc)}"
+            )
+            return
+        if batch.height == 0:
+            return
+        cifs = batch["cif"].to_list()
+        ids = batch[id_column].cast(pl.String).to_list() if id_column else [None] * batch.height
+        for row, (ident, cif) in enumerate(zip(ids, cifs, strict=True)):
+            ident = ident if ident is not None else str(offset + row)
+            if cif is None:
+                yield RawInput(ident, source, "cif", error="empty cif cell")
+            else:
+                yield RawInput(ident, source, "cif", cif)
+        offset += batch.height
+        if batch.height < batch_rows:
+            return
+
+
+def parse_raw(raw: RawInput, max_sites: int = DEFAULT_MAX_SITES) -> Record:
+    """Parse and validate one raw input; a failure becomes the record's error, never an exception."""
+    if raw.error is not None:
+        return Record(raw.id, raw.source, error=raw.error)
+    try:
+        crystal = validate(crystal_from_text(raw.text or "", raw.fmt), max_sites)
+    except StructureError as exc:
+        return Record(raw.id, raw.source, error=str(exc))
+    except Exception as exc:  # a parser bug or an exotic file must not take the batch down
+        return Record(raw.id, raw.source, error=f"{type(exc).__name__}: {_one_line(exc)}")
+    return Record(raw.id, raw.source, crystal=crystal)

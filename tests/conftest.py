@@ -1,0 +1,35 @@
+"""Shared test fixtures: small structures made here, and the shared datasets when they are present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+REFERENCE = SHARED_DATA / "cloud_reference"
+
+
+def shared_file(name: str) -> Path:
+    """A file of ../shared/data, or skip the test when the datasets are not beside the checkout."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not present (shared datasets are optional)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def rocksalt():
+    from pymatgen.core import Lattice, Structure
+
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="session")
+def corundum():
+    from pymatgen.core import Lattice, Structure
+
+    return Structure.from_spacegroup(
+        "R-3c", Lattice.hexagonal(4.76, 12.99), ["Al", "O"], [[0, 0, 0.35216], [0.30624, 0, 0.25]]
+    )

@@ -1,0 +1,174 @@
+"""SCOPE strings: reference conformance, known examples, and invariance of the canonical variants."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pymatgen.core import Lattice, Structure
+
+from cloud_core.encode import EncodeSettings, encode_table
+from cloud_core.prototypes import generate_candidates
+from cloud_core.scope import generator_codes, scope_string
+from cloud_core.structures import Crystal, crystal_from_cif, crystal_from_pymatgen
+from tests.conftest import REFERENCE, shared_file
+
+
+def scope_of(structure, variant="canonical", **kwargs) -> str:
+    return scope_string(crystal_from_pymatgen(structure), variant, **kwargs)[0]
+
+
+# -- reference conformance ------------------------------------------------------------------------------
+
+
+def test_generator_codes_match_reference_for_all_230_groups():
+    reference = json.loads(shared_file("cloud_reference/generator.json").read_text())
+    ours = generator_codes()
+    assert sorted(ours) == list(range(1, 231))
+    assert {n: ours[n] for n in ours} == {int(k): v for k, v in reference.items()}
+
+
+def test_official_example_from_the_paper(corundum):
+    assert scope_of(corundum, "official") == "1 3 a E C C n O O O e O O D 0 | 12c 18e | Al 0.4 O 0.6"
+
+
+def test_official_keeps_input_order_and_canonical_does_not(corundum):
+    reordered = Structure.from_sites(sorted(corundum, key=lambda s: s.specie.symbol != "O"))
+    assert scope_of(reordered, "official") == "1 3 a E C C n O O O e O O D 0 | 18e 12c | O 0.6 Al 0.4"
+    assert scope_of(reordered) == scope_of(corundum) == "1 3 a E C C n O O O e O O D 0 | 12c 18e | Al 0.4 O 0.6"
+
+
+@pytest.mark.shared_data
+def test_official_variant_reproduces_reference_strings():
+    """Done-when of the encoder: >= 97% byte-identical on the materials that pair up uniquely."""
+    phonon = pl.read_parquet(shared_file("phonon_thermo1k.parquet"))
+    reference = pl.concat([pl.read_csv(REFERENCE / f) for f in ("cloud_cv_train_and_val.csv", "cloud_cv_test.csv")])
+    ours = encode_table(phonon.select("material_id", "cif"), EncodeSettings(variant="official"), workers=2)
+    assert ours["error"].null_count() == ours.height, ours.filter(pl.col("error").is_not_null())
+    ours = ours.with_columns(key=pl.col("scope").str.split(" | ").list.get(2) + "#" + pl.col("nsites").cast(pl.String))
+    reference = reference.with_columns(
+        key=pl.col("cloud").str.split(" | ").list.get(2) + "#" + pl.col("n_atoms").cast(pl.Int64).cast(pl.String)
+    )
+    unique_ours = ours.filter(pl.col("key").is_unique())
+    unique_ref = reference.filter(pl.col("key").is_unique())
+    pairs = unique_ours.join(unique_ref, on="key")
+    equal = (pairs["scope"] == pairs["cloud"]).sum()
+    assert pairs.height > 1000
+    assert equal / pairs.height >= 0.97, pairs.filter(pl.col("scope") != pl.col("cloud")).select("scope", "cloud")
+
+
+# -- canonical and detailed forms -----------------------------------------------------------------------
+
+
+def test_rocksalt_canonical(rocksalt):
+    assert scope_of(rocksalt) == "1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a 4b | Na 0.5 Cl 0.5"
+
+
+def test_detailed_separates_polymorphs_that_canonical_merges():
+    """Perovskite ABX3 vs the 'anti' arrangement with X beside A: same Wyckoff set, different crystals."""
+    lattice = Lattice.cubic(4.0)
+    faces = [[0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]]
+    edges = [[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
+    perovskite = Structure(lattice, ["Sr", "Ti", "O", "O", "O"], [[0.5, 0.5, 0.5], [0, 0, 0], *faces])
+    anti = Structure(lattice, ["Sr", "Ti", "O", "O", "O"], [[0.5, 0.5, 0.5], [0, 0, 0], *edges])
+    assert scope_of(perovskite) == scope_of(anti)
+    assert scope_of(perovskite, "detailed") != scope_of(anti, "detailed")
+
+
+def test_detailed_counts_orbits_of_the_same_letter():
+    # Two O orbits on 4e-type positions in Sr2TiO4-like tetragonal layers: the detailed form lists both.
+    structure = Structure.from_spacegroup(
+        "I4/mmm",
+        Lattice.tetragonal(3.88, 12.6),
+        ["Sr", "Ti", "O", "O"],
+        [[0, 0, 0.355], [0, 0, 0], [0, 0.5, 0], [0, 0, 0.16]],
+    )
+    wyckoff = scope_of(structure, "detailed").split(" | ")[1].split()
+    assert wyckoff.count("4e:Sr") == 1 and wyckoff.count("4e:O") == 1 and len(wyckoff) == 4
+
+
+SUPERCELLS = [
+    np.eye(3, dtype=int),
+    np.diag([2, 1, 1]),
+    np.diag([1, 2, 2]),
+    np.array([[1, 1, 0], [-1, 1, 0], [0, 0, 1]]),
+    np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]]),
+]
+
+
+def rewritten(crystal: Crystal, rng: np.random.Generator) -> Crystal:
+    """The same crystal written differently: supercell, new origin, shuffled sites, rotation, ~1e-4 Å noise."""
+    matrix = SUPERCELLS[rng.integers(len(SUPERCELLS))]
+    if crystal.nsites * round(abs(np.linalg.det(matrix))) > 200:
+        matrix = SUPERCELLS[0]
+    # Supercell: every site + every lattice translation inside the new cell, in the new basis.
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) @ matrix
+    ranges = [range(int(corners[:, d].min()), int(corners[:, d].max()) + 1) for d in range(3)]
+    translations = np.array([[i, j, k] for i in ranges[0] for j in ranges[1] for k in ranges[2]], float)
+    inverse = np.linalg.inv(matrix)
+    frac = ((crystal.frac_coords[:, None, :] + translations[None, :, :]) @ inverse).reshape(-1, 3)
+    species = [s for s in crystal.site_species for _ in translations]
+    inside = np.all((frac > -1e-8) & (frac < 1 - 1e-8), axis=1)
+    frac, species = frac[inside], [s for s, keep in zip(species, inside, strict=True) if keep]
+    assert len(species) == crystal.nsites * round(abs(np.linalg.det(matrix)))
+    lattice = matrix @ crystal.lattice
+    frac = (frac + rng.random(3)) % 1.0  # new origin
+    order = rng.permutation(len(species))
+    angle = rng.uniform(0, 2 * np.pi)
+    c, k = np.cos(angle), np.sin(angle)
+    lattice = lattice @ np.array([[c, -k, 0], [k, c, 0], [0, 0, 1]]).T  # rotated in space
+    noise = rng.normal(scale=1e-4, size=frac.shape) @ np.linalg.inv(lattice)
+    return Crystal(lattice, frac[order] + noise, [species[i] for i in order])
+
+
+def crystal_scope(crystal: Crystal, variant: str) -> str:
+    return scope_string(crystal, variant)[0]
+
+
+def _prototype_crystals() -> list[Crystal]:
+    from cloud_core.prototypes import PROTOTYPES
+
+    crystals = []
+    for name in PROTOTYPES:  # a few substitutions of every prototype
+        crystals.extend(crystal for _, crystal in generate_candidates([name], max_count=4, seed=1))
+    return crystals
+
+
+PROTOTYPE_CRYSTALS = _prototype_crystals()
+
+
+@pytest.mark.parametrize("variant", ["canonical", "detailed"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(crystal=st.sampled_from(PROTOTYPE_CRYSTALS), seed=st.integers(0, 2**32 - 1))
+def test_canonical_invariance_on_prototypes(variant, crystal, seed):
+    assert crystal_scope(rewritten(crystal, np.random.default_rng(seed)), variant) == crystal_scope(crystal, variant)
+
+
+@pytest.fixture(scope="module")
+def real_crystals() -> list[tuple[str, Crystal]]:
+    """220 Materials Project structures of up to 50 sites, a fixed random sample."""
+    frame = pl.read_parquet(shared_file("mp37k.parquet")).filter(pl.col("cif").str.count_matches("\n") < 60)
+    frame = frame.sample(220, seed=7)
+    return [(m, crystal_from_cif(c)) for m, c in frame.select("material_id", "cif").iter_rows()]
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("variant", ["canonical", "detailed"])
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_canonical_invariance_on_real_structures(real_crystals, variant, seed):
+    """Every one of 220 Materials Project structures, each rewritten in a freshly drawn way per example."""
+    rng = np.random.default_rng(seed)
+    failures = []
+    for material_id, crystal in real_crystals:
+        expected = crystal_scope(crystal, variant)
+        got = crystal_scope(rewritten(crystal, rng), variant)
+        if got != expected:
+            failures.append((material_id, expected, got))
+    assert not failures, failures[:5]
