@@ -1,0 +1,81 @@
+"""Encoding speed: `cloud-screen encode --workers 1` against the reference path, whole commands side by side.
+
+The reference path is what the CLOUD code runs: pymatgen parses each CIF, SpacegroupAnalyzer finds the
+symmetry (one process, one core). Both run as fresh processes over the same CIF files, start-up included.
+
+    python bench/bench_encode.py [--n 4000] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mp37k.parquet"
+
+REFERENCE = """
+import sys, warnings
+from pathlib import Path
+warnings.filterwarnings("ignore")
+from pymatgen.core import Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+for path in sorted(Path(sys.argv[1]).glob("*.cif")):
+    SpacegroupAnalyzer(Structure.from_file(path)).get_symmetry_dataset()
+"""
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    frame = pl.read_parquet(DATA).sample(args.n, seed=args.seed)
+    exe = shutil.which("cloud-screen") or str(Path(sys.executable).parent / "cloud-screen")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "cifs"
+        folder.mkdir()
+        for material_id, cif in frame.select("material_id", "cif").iter_rows():
+            (folder / f"{material_id}.cif").write_text(cif)
+        ours = {
+            v: timed(
+                [
+                    exe,
+                    "encode",
+                    str(folder),
+                    "--out",
+                    f"{tmp}/{v}.parquet",
+                    "--workers",
+                    "1",
+                    "--no-progress",
+                    "--variant",
+                    v,
+                ]
+            )
+            for v in ("canonical", "official")
+        }
+        reference = timed([sys.executable, "-c", REFERENCE, str(folder)])
+    result = {
+        "structures": args.n,
+        "reference_s": round(reference, 2),
+        **{f"{v}_s": round(t, 2) for v, t in ours.items()},
+        **{f"speedup_{v}": round(reference / t, 2) for v, t in ours.items()},
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
