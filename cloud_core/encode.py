@@ -212,17 +212,16 @@ def encode_stream(
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with multiprocessing.get_context(method).Pool(workers) as pool:
         pending: deque = deque()
-        for chunk in chunks:
-            pending.append((len(chunk), pool.apply_async(encode_chunk, (chunk, settings))))
-            if len(pending) >= 2 * workers:
+
+        def finished(keep: int) -> Iterator[pl.DataFrame]:
+            while len(pending) > keep:
                 n, result = pending.popleft()
                 frame = result.get()
                 if on_chunk:
                     on_chunk(n)
                 yield frame
-        while pending:
-            n, result = pending.popleft()
-            frame = result.get()
-            if on_chunk:
-                on_chunk(n)
-            yield frame
+
+        for chunk in chunks:
+            pending.append((len(chunk), pool.apply_async(encode_chunk, (chunk, settings))))
+            yield from finished(keep=2 * workers - 1)
+        yield from finished(keep=0)

@@ -24,6 +24,7 @@ normalizer in the same way. Mixed sites write their elements joined by '+', e.g.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from functools import cache, lru_cache
 from typing import Literal
@@ -74,7 +75,9 @@ def _element_sort_key(element: str) -> tuple[float, int]:
     from pymatgen.core.periodic_table import Element
 
     el = Element(element)
-    x = el.X
+    with warnings.catch_warnings():  # pymatgen warns that noble gases have no Pauling value (NaN)
+        warnings.simplefilter("ignore")
+        x = el.X
     # Noble gases without a Pauling value get NaN from pymatgen: put them last, by atomic number.
     return (x if x == x else float("inf"), el.Z)
 
