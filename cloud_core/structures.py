@@ -144,44 +144,26 @@ def validate(crystal: Crystal, max_sites: int = DEFAULT_MAX_SITES) -> Crystal:
     return crystal
 
 
-_SHIFTS = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], float)
-_DENSE_OVERLAP_SITES = 32  # up to this size all pairs at once (N*N*27 distances); a k-d tree above
-
-
 def _check_no_overlaps(crystal: Crystal) -> None:
-    """Raise if two atoms sit closer than MIN_ATOM_DISTANCE, periodic images included.
-
-    Pair differences are wrapped to the nearest cell and then tried against the 27 neighbouring images,
-    which finds every pair closer than MIN_ATOM_DISTANCE in any cell validate() lets through.
-    """
-    frac = crystal.frac_coords - np.floor(crystal.frac_coords)
-    lattice = crystal.lattice
-    shortest_vector = float(np.linalg.norm(np.delete(_SHIFTS, 13, axis=0) @ lattice, axis=1).min())
-    if shortest_vector < MIN_ATOM_DISTANCE:
-        raise StructureError(f"cell too small: a lattice vector is {shortest_vector:.3f} Å long")
-    n = crystal.nsites
-    if n <= _DENSE_OVERLAP_SITES:
-        diff = frac[:, None, :] - frac[None, :, :]
-        diff -= np.round(diff)
-        cart = (diff @ lattice)[:, :, None, :] + _SHIFTS @ lattice  # (n, n, 27, 3)
-        distance = np.sqrt(np.einsum("ijkl,ijkl->ijk", cart, cart).min(-1))
-        distance[np.diag_indices(n)] = np.inf
-        i, j = np.unravel_index(np.argmin(distance), distance.shape)
-        if distance[i, j] < MIN_ATOM_DISTANCE:
-            raise StructureError(
-                f"overlapping atoms: sites {min(i, j)} and {max(i, j)} are {distance[i, j]:.3f} Å apart"
-            )
-        return
+    """Raise if two atoms sit closer than MIN_ATOM_DISTANCE, periodic images included."""
     from scipy.spatial import cKDTree
 
-    cart = frac @ lattice
-    images = (cart[None, :, :] + (_SHIFTS @ lattice)[:, None, :]).reshape(-1, 3)
+    frac = crystal.frac_coords - np.floor(crystal.frac_coords)
+    cart = frac @ crystal.lattice
+    # Images in the 27 neighbouring cells; enough because MIN_ATOM_DISTANCE is far below any cell edge
+    # that validate() lets through (the closest image of an atom is itself, one lattice vector away).
+    shifts = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], float)
+    images = (cart[None, :, :] + (shifts @ crystal.lattice)[:, None, :]).reshape(-1, 3)
+    n = crystal.nsites
     for i, neighbours in enumerate(cKDTree(images).query_ball_point(cart, MIN_ATOM_DISTANCE)):
         for flat in neighbours:
             j = flat % n
-            if j != i:
-                d = float(np.linalg.norm(images[flat] - cart[i]))
-                raise StructureError(f"overlapping atoms: sites {min(i, j)} and {max(i, j)} are {d:.3f} Å apart")
+            if flat == 13 * n + i:  # the atom itself, in the central cell
+                continue
+            d = float(np.linalg.norm(images[flat] - cart[i]))
+            if j == i:
+                raise StructureError(f"cell too small: site {i} is {d:.3f} Å from its own periodic image")
+            raise StructureError(f"overlapping atoms: sites {min(i, j)} and {max(i, j)} are {d:.3f} Å apart")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from pymatgen.core import Lattice, Structure
 
 from cloud_core.encode import EncodeSettings, encode_table
 from cloud_core.prototypes import generate_candidates
-from cloud_core.scope import generator_codes, scope_string
+from cloud_core.scope import canonical_scope, generator_codes, scope_string
 from cloud_core.structures import Crystal, crystal_from_cif, crystal_from_pymatgen
+from cloud_core.symmetry import find_symmetry
 from tests.conftest import REFERENCE, shared_file
 
 
@@ -172,3 +173,16 @@ def test_canonical_invariance_on_real_structures(real_crystals, variant, seed):
         if got != expected:
             failures.append((material_id, expected, got))
     assert not failures, failures[:5]
+
+
+@pytest.mark.shared_data
+@pytest.mark.timeout(60)
+def test_moyopy_backend_returns_on_very_acute_cells():
+    """mp-9947 (SiC, rhombohedral cell with 10 degree angles) never returned from moyopy with an explicit
+    angle tolerance; the moyopy backend must finish and agree with spglib on it."""
+    frame = pl.read_parquet(shared_file("mp37k.parquet")).filter(pl.col("material_id") == "mp-9947")
+    crystal = crystal_from_cif(frame["cif"][0])
+    moyo = find_symmetry(crystal, "moyopy")
+    spg = find_symmetry(crystal, "spglib")
+    assert moyo.backend == "moyopy" and moyo.number == spg.number == 160
+    assert canonical_scope(crystal, moyo) == canonical_scope(crystal, spg)
