@@ -170,5 +170,14 @@ class _progress:
             self._bar.stop()
 
 
+def _register_model_commands() -> None:
+    from flows import model_commands
+
+    for command in (model_commands.predict, model_commands.train, model_commands.evaluate):
+        app.command()(command)
+
+
+_register_model_commands()
+
 if __name__ == "__main__":
     app()

@@ -121,3 +121,66 @@ def test_demo_runs(tmp_path):
     assert table.height == 60 and table["error"].null_count() == 60
     assert table["scope"].n_unique() > 10
     assert "candidates encoded" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# predict
+
+PREDICT_COLUMNS = {
+    "id",
+    "scope",
+    "formation_energy_per_atom",
+    "band_gap",
+    "log10_k_vrh",
+    "log10_g_vrh",
+    "debye_temperature",
+    "cv_300K",
+    "error",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """A small untrained bundle: predict's plumbing does not depend on how good the weights are."""
+    import torch
+
+    from cloud_core.bundle import save_bundle
+    from cloud_core.model import CloudModel, ModelConfig
+    from cloud_core.tokenizer import vocabulary
+
+    torch.manual_seed(0)
+    model = CloudModel(ModelConfig(vocab_size=len(vocabulary()), n_layer=1, n_head=2, d_model=16))
+    return save_bundle(
+        tmp_path_factory.mktemp("bundle") / "tiny", model, {"name": "tiny", "settings": {"variant": "detailed"}}
+    )
+
+
+def test_predict_directory_rows_columns_and_errors(input_dir, tmp_path, tiny_bundle):
+    out = tmp_path / "pred.parquet"
+    cloud_screen("predict", str(input_dir), "--out", str(out), "--model", str(tiny_bundle), "--device", "cpu")
+    table = pl.read_parquet(out)
+    assert set(table.columns) >= PREDICT_COLUMNS
+    rows = {r["id"]: r for r in table.iter_rows(named=True)}
+    assert set(rows) == {"nacl cif", "POSCAR", "nacl", "t-1", "t-2", "0", "j-1", "broken", "binary"}
+    for ident in ("broken", "binary", "t-2"):
+        assert rows[ident]["error"] and rows[ident]["formation_energy_per_atom"] is None
+    nacl = rows["nacl cif"]
+    assert (
+        nacl["error"] is None
+        and nacl["scope"] == "1 6 a O D D a D O D b O O O c O O O d O O O e O O O 0 | 4a:Na 4b:Cl | Na 0.5 Cl 0.5"
+    )
+    assert nacl["debye_temperature"] > 0 and 0 < nacl["cv_300K"] < 25
+    assert rows["t-1"]["band_gap"] == pytest.approx(nacl["band_gap"])  # same structure, same prediction
+
+
+def test_predict_refuses_in_one_line(input_dir, tmp_path, tiny_bundle):
+    cases = [
+        (["--model", str(tmp_path / "nope")], "no model bundle"),
+        (["--model", str(tiny_bundle), "--device", "tpu"], "--device must be"),
+        (["--model", str(tiny_bundle), "--out", str(tmp_path / "x.xlsx")], "table format"),
+    ]
+    for extra, message in cases:
+        args = ["predict", str(input_dir), "--out", str(tmp_path / "p.parquet"), *extra]
+        result = cloud_screen(*args, check=False)
+        assert result.returncode == 1 and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -1,0 +1,122 @@
+"""Test-split metrics of a model bundle, with baselines in the same table.
+
+Each task is scored on the test split of the table it comes from (datasets.TASK_TABLE), from the same
+SCOPE strings `predict` would compute. Baselines: the train mean; a composition-only model of the same
+size (if given); for the thermodynamics, one best θ_D for all materials, Dulong-Petit (Cv = 3R), and the
+Debye model with the ideal θ_D per material (the one that reproduces its Cv at 305 K exactly: what a
+perfect Debye head could reach). Thermodynamic quantities at 25 K and 705 K, and U, S, F at all three
+temperatures, come from the θ_D the head learned from Cv at 305 K alone ("temperature transfer").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from cloud_core.bundle import Bundle, load_bundle
+from cloud_core.datasets import TASK_TABLE, TEMPERATURES, default_data_dir, encoded_table
+from cloud_core.debye import GAS_CONSTANT, debye_thermo
+from cloud_core.inference import predict_strings
+from cloud_core.model import PROPERTIES
+from cloud_core.train import best_single_theta, composition_part, ideal_theta, pick_device
+
+THERMO_KEYS = {"cv": "cv", "u": "u", "s": "s", "f": "f"}
+
+
+def _thermo_from_theta(theta: np.ndarray) -> dict[str, np.ndarray]:
+    """cv/u/s/f at the three temperatures for each θ_D: name -> (N,)."""
+    result = {}
+    for t in TEMPERATURES:
+        thermo = debye_thermo(torch.as_tensor(theta, dtype=torch.float64), torch.tensor(float(t), dtype=torch.float64))
+        for q in THERMO_KEYS:
+            result[f"{q}_{t}K"] = thermo[q].numpy()
+    return result
+
+
+def _mae(pred: np.ndarray, true: np.ndarray) -> float:
+    ok = np.isfinite(true) & np.isfinite(pred)
+    return float(np.abs(pred[ok] - true[ok]).mean())
+
+
+def _predictions(bundle: Bundle, table: str, split: str, data_dir: Path, device: torch.device) -> pl.DataFrame:
+    settings = bundle.card.get("settings", {})
+    frame = encoded_table(table, settings.get("variant", "detailed"), data_dir).filter(pl.col("split") == split)
+    scopes = frame["scope"].to_list()
+    if settings.get("composition_only"):
+        scopes = [composition_part(s) if s else None for s in scopes]
+    predicted = predict_strings(bundle.model, scopes, device).drop("error")
+    return pl.concat([frame, predicted.rename(lambda c: f"pred_{c}")], how="horizontal")
+
+
+def evaluate_bundle(
+    bundle_path: str | Path, data_dir: Path | None = None, device: str = "auto", baseline_path: str | Path | None = None
+) -> dict[str, Any]:
+    """Metrics per task (MAE on the test split) for a bundle and the baselines, as a JSON-ready dict."""
+    data_dir = data_dir or default_data_dir()
+    torch_device = pick_device(device)
+    bundle = load_bundle(bundle_path, torch_device)
+    baseline = load_bundle(baseline_path, torch_device) if baseline_path else None
+    tasks: dict[str, dict[str, Any]] = {}
+    for table in sorted(set(TASK_TABLE.values())):
+        test = _predictions(bundle, table, "test", data_dir, torch_device)
+        train = encoded_table(table, bundle.card.get("settings", {}).get("variant", "detailed"), data_dir).filter(
+            pl.col("split") == "train"
+        )
+        other = _predictions(baseline, table, "test", data_dir, torch_device) if baseline else None
+        if table == "phonon_thermo1k":
+            tasks.update(_thermo_metrics(test, train, other))
+            continue
+        for name in (p for p in PROPERTIES if TASK_TABLE[p] == table):
+            true = test[name].to_numpy().astype(float)
+            pred = test[f"pred_{name}"].to_numpy().astype(float)
+            std = test[f"pred_{name}_std"].to_numpy().astype(float)
+            row = {
+                "table": table,
+                "n": int(np.isfinite(true).sum()),
+                "mae": _mae(pred, true),
+                "train_mean_mae": _mae(np.full_like(true, float(train[name].mean())), true),
+                **_coverage(pred, std, true),
+            }
+            if other is not None:
+                row["composition_only_mae"] = _mae(other[f"pred_{name}"].to_numpy().astype(float), true)
+            tasks[name] = row
+    return {"bundle": str(bundle.path), "bundle_id": bundle.id, "weights_sha256": bundle.weights_sha256, "tasks": tasks}
+
+
+def _coverage(pred: np.ndarray, std: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    ok = np.isfinite(true) & np.isfinite(pred) & np.isfinite(std)
+    z = np.abs(pred[ok] - true[ok]) / std[ok]
+    return {"within_1_sigma": float((z <= 1).mean()), "within_2_sigma": float((z <= 2).mean())}
+
+
+def _thermo_metrics(test: pl.DataFrame, train: pl.DataFrame, other: pl.DataFrame | None) -> dict[str, dict[str, Any]]:
+    theta = test["pred_debye_temperature"].to_numpy().astype(float)
+    model = _thermo_from_theta(theta)
+    single = _thermo_from_theta(np.full_like(theta, best_single_theta(train["cv_305K"].drop_nulls().to_numpy())))
+    labels = {k: test[k].to_numpy().astype(float) for k in model}
+    ideal = _thermo_from_theta(ideal_theta(labels["cv_305K"]))
+    comp = _thermo_from_theta(other["pred_debye_temperature"].to_numpy().astype(float)) if other is not None else None
+    tasks = {}
+    for key, true in labels.items():
+        row: dict[str, Any] = {
+            "table": "phonon_thermo1k",
+            "n": int(np.isfinite(true).sum()),
+            "mae": _mae(model[key], true),
+            "trained_on": "cv_305K" if key == "cv_305K" else "transfer (never seen in training)",
+            "train_mean_mae": _mae(np.full_like(true, float(train[key].mean())), true),
+            "single_theta_mae": _mae(single[key], true),
+            "ideal_theta_mae": _mae(ideal[key], true),
+        }
+        if key.startswith("cv_"):
+            row["dulong_petit_mae"] = _mae(np.full_like(true, 3 * GAS_CONSTANT), true)
+        if comp is not None:
+            row["composition_only_mae"] = _mae(comp[key], true)
+        if key == "cv_305K":
+            # the Cv sigma is predicted for the training temperature; cv_300K_std carries it
+            row.update(_coverage(model[key], test["pred_cv_300K_std"].to_numpy().astype(float), true))
+        tasks[key] = row
+    return tasks

@@ -1,0 +1,87 @@
+"""Batched inference: SCOPE strings in, property predictions with uncertainties out (a polars table).
+
+Strings are sorted by token count and cut into batches, so each batch pads only to its own longest string;
+the output keeps the input order. A string the model cannot take (tokens outside the vocabulary, longer
+than the model's context) gets a null prediction and an `error` reason; the batch goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+import torch
+
+from cloud_core.debye import debye_cv
+from cloud_core.model import CloudModel
+from cloud_core.tokenizer import Batch, tokenize
+
+CV_REPORT_TEMPERATURE = 300.0  # K: `cv_300K`, the heat capacity every prediction table carries
+
+
+def prediction_columns(model: CloudModel) -> list[str]:
+    columns = []
+    for name in model.config.properties:
+        columns += [name, f"{name}_std"]
+    return [*columns, "debye_temperature", "cv_300K", "cv_300K_std"]
+
+
+def _device_batches(batch: Batch, order: np.ndarray, batch_size: int, device: torch.device):
+    lengths = batch.mask.sum(1)
+    for start in range(0, len(order), batch_size):
+        index = torch.from_numpy(order[start : start + batch_size])
+        width = int(lengths[index].max())
+        tensors = (
+            t[index, :width].to(device, non_blocking=True)
+            for t in (batch.ids, batch.segments, batch.values, batch.mask)
+        )
+        yield index, Batch(*tensors, None, None, None)
+
+
+@torch.no_grad()
+def predict_strings(
+    model: CloudModel, scopes: Sequence[str | None], device: torch.device | str = "cpu", batch_size: int = 2048
+) -> pl.DataFrame:
+    """One row per input string: prediction columns (physical units) and `error` (null when predicted)."""
+    device = torch.device(device)
+    model.eval()
+    n = len(scopes)
+    present = np.array([s is not None for s in scopes], dtype=bool)
+    strings = [s if s is not None else "" for s in scopes]
+    tokens = tokenize(strings, max_length=model.config.max_length)
+    errors: list[str | None] = [None] * n
+    for i in np.flatnonzero(~present):
+        errors[i] = "no SCOPE string"
+    for i in tokens.too_long:
+        errors[i] = f"SCOPE string longer than the model's {model.config.max_length} tokens"
+    bad_vocab = tokens.unknown > 0
+    for i in np.flatnonzero(bad_vocab):
+        errors[i] = f"SCOPE string has {tokens.unknown[i]} token(s) outside the model vocabulary"
+
+    usable = present[tokens.rows] & ~bad_vocab[tokens.rows]  # batch rows worth running
+    order = np.flatnonzero(usable)
+    order = order[np.argsort(tokens.mask[order].sum(1).numpy(), kind="stable")]
+    columns = prediction_columns(model)
+    out = {c: np.full(n, np.nan, dtype=np.float64) for c in columns}
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+    for index, batch in _device_batches(tokens, order, batch_size, device):
+        with autocast:
+            result = model.predict(batch)
+        theta = result["debye_temperature"].float()
+        result["cv_300K"] = debye_cv(theta, torch.tensor(CV_REPORT_TEMPERATURE, device=theta.device))
+        result["cv_300K_std"] = result["cv_305K_std"]
+        rows = tokens.rows[index.numpy()]
+        for c in columns:
+            out[c][rows] = result[c].float().cpu().numpy()
+    finite = np.all([np.isfinite(out[c]) for c in columns], axis=0)
+    for i in np.flatnonzero(~finite):
+        if errors[i] is None:
+            errors[i] = "model output not finite"  # never stored as a valid prediction
+    for i in np.flatnonzero(~finite):
+        for c in columns:
+            out[c][i] = np.nan
+    frame = pl.DataFrame({c: pl.Series(c, v, dtype=pl.Float64).fill_nan(None) for c, v in out.items()})
+    return frame.with_columns(pl.Series("error", errors, dtype=pl.String))

@@ -1,0 +1,245 @@
+"""The CLOUD transformer: a BERT-style encoder over SCOPE tokens, a masked-LM head, property and Debye heads.
+
+Plain PyTorch, pre-LayerNorm blocks with `F.scaled_dot_product_attention`. Shapes in comments:
+B batch, L tokens (padded per batch), D width, H heads, V vocabulary, P properties.
+
+Every property head predicts a value and a scale (the expected absolute error): the value is trained with
+an L1 loss (the metric we report), the scale with the Laplace negative log-likelihood on the detached error,
+so learning the uncertainty never pulls on the value. The Debye head predicts log θ_D (θ_D > 0 by
+construction); heat capacity, internal energy, entropy and free energy at any temperature follow from
+`cloud_core.debye`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cloud_core.debye import debye_cv
+from cloud_core.tokenizer import N_SEGMENTS, PAD, Batch, generator_id_range
+
+PROPERTIES = ("formation_energy_per_atom", "band_gap", "log10_k_vrh", "log10_g_vrh")
+DEBYE_FIT_TEMPERATURE = 305.0  # K, the temperature whose heat capacity the Debye head is trained on
+GENERATOR_MAX_LENGTH = 40  # the longest generator code has 34 characters
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    max_length: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 256
+    dropout: float = 0.1
+    amount_numeric: bool = True  # add a learned vector × amount on composition-amount tokens
+    pool_generators: bool = True  # the generator code becomes one token (see Encoder)
+    properties: tuple[str, ...] = PROPERTIES
+    # Standardisation of targets (set from the training data): value = mean + std * head output.
+    target_mean: dict[str, float] = field(default_factory=dict)
+    target_std: dict[str, float] = field(default_factory=dict)
+    log_theta_mean: float = math.log(400.0)
+    log_theta_std: float = 0.5
+    # Per-output factor on the predicted sigma, fitted on the validation split (see train.calibrate).
+    sigma_calibration: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["properties"] = list(self.properties)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        d["properties"] = tuple(d.get("properties", PROPERTIES))
+        return cls(**d)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        assert config.d_model % config.n_head == 0
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)  # 3 × (B, L, D)
+        q, k, v = (t.view(B, L, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D/H)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, D/H)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.d_model)
+        self.attn = SelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.d_model, 4 * config.d_model),
+            nn.GELU(),
+            nn.Linear(4 * config.d_model, config.d_model),
+        )
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), attn_mask))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class Encoder(nn.Module):
+    """Token + position + segment (+ amount) embeddings, then pre-LN transformer blocks.
+
+    With `pool_generators`, the generator code (up to 34 single-character tokens, more than half of a
+    typical SCOPE string) enters the transformer as one token: the sum of one embedding per (position,
+    character) pair, which keeps which character sits where (a sum of separate character and position
+    embeddings would not). Sequences get about 2x shorter and attention ~4x cheaper, at no loss of
+    information. A masked generator character is no longer a generator character, so it stays in the
+    sequence as [MASK] and masked-LM pre-training still predicts it from context.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=PAD)
+        self.positions = nn.Embedding(config.max_length, config.d_model)
+        self.segments = nn.Embedding(N_SEGMENTS, config.d_model)
+        self.amount = nn.Parameter(torch.zeros(config.d_model)) if config.amount_numeric else None
+        self.generator_first, self.n_generator_chars = generator_id_range()
+        self.generator_code = (
+            nn.Embedding(GENERATOR_MAX_LENGTH * self.n_generator_chars, config.d_model)
+            if config.pool_generators
+            else None
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.d_model)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states (B, W, D) and, per output slot, its input position (B, W) (-1: pooled generator, padding)."""
+        L = batch.ids.shape[1]
+        x = self.tokens(batch.ids) + self.positions.weight[:L] + self.segments(batch.segments)  # (B, L, D)
+        if self.amount is not None:
+            x = x + batch.values.unsqueeze(-1).to(x.dtype) * self.amount  # (B, L, D)
+        mask = batch.mask
+        source = torch.where(mask, torch.arange(L, device=x.device), -1)  # (B, L)
+        if self.generator_code is not None:
+            x, mask, source = self._pool_generators(batch, x)
+        x = self.drop(x)
+        # Padding keys are left out through a boolean mask (True = attend); (B, 1, 1, W) broadcasts.
+        attn_mask = mask[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.ln_f(x), source
+
+    def _pool_generators(self, batch: Batch, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, _, D = x.shape
+        char = batch.ids - self.generator_first  # (B, L)
+        is_gen = batch.mask & (batch.segments == 0) & (char >= 0) & (char < self.n_generator_chars)
+        place = (is_gen.cumsum(1) - 1).clamp(0, GENERATOR_MAX_LENGTH - 1)  # position within the code
+        code = place * self.n_generator_chars + char.clamp(0, self.n_generator_chars - 1)  # (B, L)
+        pooled = (self.generator_code(code) * is_gen.unsqueeze(-1)).sum(1) + self.segments.weight[0]  # (B, D)
+        keep = batch.mask & ~is_gen
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept tokens first, in order
+        width = int(keep.sum(1).max())
+        order = order[:, :width]  # (B, W)
+        kept = torch.gather(x, 1, order.unsqueeze(-1).expand(B, width, D))  # (B, W, D)
+        kept_mask = torch.gather(keep, 1, order)  # (B, W)
+        # [CLS] stays first; the pooled generator token goes right after it.
+        x = torch.cat([kept[:, :1], pooled.unsqueeze(1), kept[:, 1:]], 1)  # (B, W + 1, D)
+        mask = torch.cat([kept_mask[:, :1], kept_mask.new_ones(B, 1), kept_mask[:, 1:]], 1)
+        order = torch.where(kept_mask, order, -1)  # padding slots come from no input token
+        source = torch.cat([order[:, :1], order.new_full((B, 1), -1), order[:, 1:]], 1)
+        return x, mask, source
+
+
+class MaskedLMHead(nn.Module):
+    """Predicts the original token at masked positions; the output matrix is tied to the token embeddings."""
+
+    def __init__(self, config: ModelConfig, embedding: nn.Embedding):
+        super().__init__()
+        self.transform = nn.Sequential(
+            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.LayerNorm(config.d_model)
+        )
+        self.embedding = embedding
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.transform(hidden) @ self.embedding.weight.T + self.bias  # (..., V)
+
+
+class CloudModel(nn.Module):
+    """Encoder + masked-LM head (pre-training) + property and Debye heads (fine-tuning)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.mlm = MaskedLMHead(config, self.encoder.tokens)
+        n_out = 2 * len(config.properties) + 2  # value and scale per property; log θ_D and the Cv scale
+        self.head = nn.Sequential(
+            nn.Linear(config.d_model, config.d_model),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.d_model, n_out),
+        )
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def pooled(self, batch: Batch) -> torch.Tensor:
+        return self.encoder(batch)[0][:, 0]  # (B, D), the [CLS] position
+
+    def mlm_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, W, V) and the input position of each slot (B, W), -1 for the pooled generator."""
+        hidden, source = self.encoder(batch)
+        return self.mlm(hidden), source
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Standardised outputs: per property `value`, `log_scale` (B,), plus `log_theta` (B,) in kelvin."""
+        out = self.head(self.pooled(batch)).float()  # (B, 2P + 3)
+        P = len(self.config.properties)
+        result = {}
+        for i, name in enumerate(self.config.properties):
+            result[name] = out[:, i]
+            result[f"{name}_log_scale"] = out[:, P + i]
+        c = self.config
+        result["log_theta"] = c.log_theta_mean + c.log_theta_std * out[:, 2 * P]
+        result["cv_log_scale"] = out[:, 2 * P + 1]
+        return result
+
+    def predict(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Physical units: properties and their `_std`, `debye_temperature` (K), `cv_305K` and its `_std`.
+
+        The θ_D uncertainty is the Cv one carried through the Debye curve by whoever needs it (inference)."""
+        out = self(batch)
+        c = self.config
+        result = {}
+        factor = c.sigma_calibration
+        for name in c.properties:
+            mean, std = c.target_mean.get(name, 0.0), c.target_std.get(name, 1.0)
+            result[name] = mean + std * out[name]
+            # Laplace scale b -> sigma = sqrt(2) b, times the validation calibration factor.
+            result[f"{name}_std"] = std * math.sqrt(2) * out[f"{name}_log_scale"].exp() * factor.get(name, 1.0)
+        theta = out["log_theta"].exp()
+        result["debye_temperature"] = theta
+        result["cv_305K"] = debye_cv(theta, torch.tensor(DEBYE_FIT_TEMPERATURE, device=theta.device))
+        result["cv_305K_std"] = math.sqrt(2) * out["cv_log_scale"].exp() * factor.get("cv_305K", 1.0)
+        return result
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,130 @@
+"""`cloud-screen predict`, `train` and `evaluate`: the model side of the command line (registered in flows.cli)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli import fail
+
+
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Structure files, tables with a 'cif' column, or directories.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output table: .parquet, .csv or .jsonl.")],
+    model: Annotated[str, typer.Option(help="Model bundle: a shipped name (default) or a folder.")] = "default",
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Encoder processes; 0 means all cores.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Strings per inference batch.")] = 2048,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+) -> None:
+    """Predict properties, Debye temperature and Cv(300 K) for crystal structures: one row per structure."""
+    from cloud_core.bundle import BundleError, load_bundle
+    from cloud_core.encode import EncodeSettings, default_workers
+    from cloud_core.pipeline import predict_files
+    from cloud_core.tables import table_format
+
+    if device not in ("auto", "cpu", "cuda"):
+        fail(f"--device must be auto, cpu or cuda, not {device!r}")
+    try:
+        table_format(out)
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        from cloud_core.train import pick_device
+
+        torch_device = pick_device(device)
+        bundle = load_bundle(model, torch_device)
+    except (BundleError, RuntimeError) as exc:
+        fail(str(exc))
+    variant = bundle.card.get("settings", {}).get("variant", "detailed")
+    try:
+        counts = predict_files(
+            inputs,
+            out,
+            bundle,
+            EncodeSettings(variant=variant),
+            device=torch_device,
+            workers=workers or default_workers(),
+            batch_size=batch_size,
+            progress=progress and sys.stderr.isatty(),
+        )
+    except (FileNotFoundError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(
+        f"{counts['rows']} structures, {counts['predicted']} predicted, {counts['errors']} with errors -> {out}",
+        err=True,
+    )
+
+
+def train(
+    out: Annotated[Path, typer.Option(help="Folder for the trained bundle.")] = Path("models/trained"),
+    data: Annotated[Path | None, typer.Option(help="Shared data folder (default ../shared/data).")] = None,
+    variant: Annotated[str, typer.Option(help="SCOPE variant the model reads.")] = "detailed",
+    composition_only: Annotated[bool, typer.Option(help="Baseline: read only the composition part.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option()] = 0,
+    n_layer: Annotated[int, typer.Option()] = 4,
+    n_head: Annotated[int, typer.Option()] = 4,
+    d_model: Annotated[int, typer.Option()] = 256,
+    pretrain_epochs: Annotated[int, typer.Option()] = 3,
+    finetune_epochs: Annotated[int, typer.Option()] = 40,
+    batch_size: Annotated[int, typer.Option()] = 128,
+    lr: Annotated[float, typer.Option()] = 5e-4,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = all).")] = 0,
+    name: Annotated[str, typer.Option(help="Name written into the model card.")] = "cloud-screen",
+) -> None:
+    """Pre-train and fine-tune a CLOUD model on the shared data; writes a bundle with its test metrics."""
+    from cloud_core.train import TrainSettings
+    from cloud_core.train import train as run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    settings = TrainSettings(
+        variant=variant,
+        composition_only=composition_only,
+        seed=seed,
+        device=device,
+        threads=threads,
+        n_layer=n_layer,
+        n_head=n_head,
+        d_model=d_model,
+        pretrain_epochs=pretrain_epochs,
+        finetune_epochs=finetune_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        data_dir=str(data) if data else "",
+        out=str(out),
+        name=name,
+    )
+    try:
+        folder = run_training(settings)
+    except (FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+    typer.echo(f"bundle written to {folder}", err=True)
+
+
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Shared data folder.")],
+    out: Annotated[Path, typer.Option(help="JSON file for the metrics.")],
+    model: Annotated[str, typer.Option(help="Model bundle: name or folder.")] = "default",
+    baseline: Annotated[str | None, typer.Option(help="Composition-only bundle to report alongside.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Test-split metrics per task for a model, with baselines, as JSON."""
+    from cloud_core.bundle import BundleError
+    from cloud_core.evaluate import evaluate_bundle
+
+    if not data.is_dir():
+        fail(f"{data} is not a folder (point --data at the shared data, e.g. ../shared/data)")
+    try:
+        metrics = evaluate_bundle(model, data, device=device, baseline_path=baseline)
+    except (BundleError, FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    for task, row in metrics["tasks"].items():
+        typer.echo(f"{task:28s} MAE {row['mae']:.4f}  (train mean {row['train_mean_mae']:.4f}, n={row['n']})", err=True)

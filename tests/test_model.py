@@ -1,0 +1,162 @@
+"""Tokenizer, transformer, bundles and batched inference, on real SCOPE strings from our own encoder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cloud_core.bundle import BundleError, load_bundle, save_bundle
+from cloud_core.encode import EncodeSettings, encode_structures
+from cloud_core.inference import predict_strings
+from cloud_core.model import CloudModel, ModelConfig
+from cloud_core.prototypes import generate_candidates
+from cloud_core.tokenizer import CLS, MASK, UNK, decode, tokenize, vocabulary, vocabulary_hash
+from tests.conftest import shared_file
+
+AL2O3 = "1 3 a E C C n O O O e O O D 0 | 12c 18e | Al 0.4 O 0.6"
+
+
+@pytest.fixture(scope="module")
+def prototype_scopes() -> dict[str, list[str]]:
+    ids, crystals = zip(*generate_candidates(max_count=150, seed=3), strict=True)
+    return {
+        variant: encode_structures(crystals, ids, EncodeSettings(variant=variant))["scope"].drop_nulls().to_list()
+        for variant in ("official", "canonical", "detailed")
+    }
+
+
+@pytest.fixture(scope="module")
+def small_model() -> CloudModel:
+    torch.manual_seed(0)
+    model = CloudModel(ModelConfig(vocab_size=len(vocabulary()), n_layer=2, n_head=2, d_model=32, dropout=0.0))
+    # give every head output a spread so that comparisons below are not trivially equal
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return model.eval()
+
+
+def test_vocabulary_is_closed_deterministic_and_pinned():
+    vocab = vocabulary()
+    assert len(vocab) == len(set(vocab))
+    assert vocab[:4] == ("[PAD]", "[UNK]", "[CLS]", "[MASK]")
+    # A change here invalidates every trained bundle: update the shipped model together with this hash.
+    assert vocabulary_hash().startswith("32424b899199")
+
+
+def test_every_token_of_every_variant_is_known(prototype_scopes):
+    for variant, scopes in prototype_scopes.items():
+        batch = tokenize(scopes)
+        assert batch.unknown.sum() == 0, variant
+        assert len(batch.too_long) == 0
+
+
+def test_reference_corpus_tokens_are_known_except_placeholder_element():
+    import polars as pl
+
+    strings = pl.read_csv(shared_file("cloud_reference/pretrain_cloud_10k.csv"))["cloud"].to_list()
+    batch = tokenize(strings)
+    bad = [strings[i] for i in np.flatnonzero(batch.unknown)]
+    assert all(" X " in s for s in bad) and len(bad) <= 2, bad  # 'X' is a dummy species, not an element
+
+
+def test_tokens_segments_values_and_generator_namespace():
+    batch = tokenize([AL2O3])
+    tokens = decode(batch.ids[0].tolist())
+    assert tokens[0] == "[CLS]"
+    assert tokens[1:4] == ["g:1", "g:3", "g:a"]
+    assert tokens[-4:] == ["Al", "0.4", "O", "0.6"]
+    assert "g:O" in tokens and "O" in tokens  # generator letter O and oxygen are different tokens
+    assert batch.segments[0].tolist()[-1] == 2 and batch.segments[0, 1] == 0
+    assert batch.values[0, -1] == pytest.approx(0.6) and batch.values[0, -2] == 0
+    detailed = decode(
+        tokenize(["1 4 b O O O c O O O d O O O e O O O 0 | 1a:Ba+Sr 3d:O | Ba 0.1 Sr 0.1 O 0.6"]).ids[0].tolist()
+    )
+    assert detailed[detailed.index("|") + 1 : detailed.index("|") + 7] == ["1a", "Ba", "+", "Sr", "3d", "O"]
+
+
+def test_unknown_tokens_and_overlong_strings_are_reported_not_hidden():
+    batch = tokenize([AL2O3, "1 3 | 12c | Xx 1.0", AL2O3 + " Fe 0.1" * 200], max_length=64)
+    assert batch.unknown.tolist()[:2] == [0, 1]
+    assert UNK in batch.ids[1].tolist()
+    assert batch.too_long.tolist() == [2]
+    assert batch.rows.tolist() == [0, 1]
+
+
+@torch.no_grad()
+def test_padding_and_batch_company_do_not_change_outputs(small_model, prototype_scopes):
+    scopes = prototype_scopes["detailed"][:12]
+    together = small_model(tokenize(scopes))
+    for i in (0, 5, 11):
+        alone = small_model(tokenize([scopes[i]]))
+        for key in ("formation_energy_per_atom", "band_gap", "log_theta"):
+            assert float(alone[key][0]) == pytest.approx(float(together[key][i]), abs=1e-5)
+
+
+@torch.no_grad()
+def test_generator_pooling_keeps_character_order(small_model):
+    swapped = "1 3 a E C C n O O O e O O 0 D | 12c 18e | Al 0.4 O 0.6"  # same characters, two swapped
+    a, b = small_model.pooled(tokenize([AL2O3])), small_model.pooled(tokenize([swapped]))
+    assert not torch.allclose(a, b)
+
+
+def test_masked_generator_character_stays_in_the_sequence(small_model):
+    batch = tokenize([AL2O3])
+    batch.ids[0, 2] = MASK
+    logits, source = small_model.mlm_logits(batch)
+    assert 2 in source[0].tolist()  # the masked generator slot is predicted
+    assert source[0, 0] == 0 and source[0, 1] == -1  # [CLS], then the pooled generator code
+    assert logits.shape[:2] == source.shape and batch.ids[0, 0] == CLS
+
+
+def test_bundle_round_trip_and_refusals(tmp_path, small_model, prototype_scopes):
+    folder = save_bundle(tmp_path / "b", small_model, {"name": "test"})
+    bundle = load_bundle(folder)
+    scopes = prototype_scopes["detailed"][:20]
+    a, b = predict_strings(small_model, scopes), predict_strings(bundle.model, scopes)
+    assert a.equals(b)
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(folder, tampered)
+    data = bytearray((tampered / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (tampered / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match the hash"):
+        load_bundle(tampered)
+
+    other_vocab = tmp_path / "vocab"
+    shutil.copytree(folder, other_vocab)
+    card = json.loads((other_vocab / "card.json").read_text())
+    card["vocabulary_hash"] = "0" * 64
+    (other_vocab / "card.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="another SCOPE vocabulary"):
+        load_bundle(other_vocab)
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    torch.save(small_model.state_dict(), pickled / "model.pt")
+    (pickled / "card.json").write_text((folder / "card.json").read_text())
+    with pytest.raises(BundleError, match="never loads"):
+        load_bundle(pickled)
+    with pytest.raises(BundleError, match="no model bundle"):
+        load_bundle(tmp_path / "missing")
+
+
+def test_inference_rows_errors_and_nonfinite_outputs(small_model):
+    frame = predict_strings(small_model, [AL2O3, None, "1 3 | 12c | Xx 1.0", AL2O3])
+    assert frame.height == 4
+    assert frame["error"].to_list()[0] is None and frame["error"].to_list()[3] is None
+    assert "no SCOPE" in frame["error"][1] and "outside the model vocabulary" in frame["error"][2]
+    assert frame["formation_energy_per_atom"][0] == pytest.approx(frame["formation_energy_per_atom"][3])
+    assert frame["debye_temperature"][0] > 0 and frame["cv_300K"][0] > 0
+
+    broken = CloudModel(small_model.config).eval()
+    broken.load_state_dict(small_model.state_dict())
+    with torch.no_grad():
+        broken.head[-1].bias[0] = float("nan")
+    bad = predict_strings(broken, [AL2O3])
+    assert bad["error"][0] == "model output not finite"
+    assert bad["formation_energy_per_atom"][0] is None
