@@ -65,9 +65,20 @@ def generator_tokens(number: int) -> str:
     return " ".join(generator_codes()[number])
 
 
+_AMOUNT_TEXT: dict[float, str] = {}
+
+
 def format_amount(fraction: float) -> str:
-    """The reference's rendering of a fractional amount: numpy rounding to 2 decimals, then str()."""
-    return str(np.round(fraction, 2))
+    """The reference's rendering of a fractional amount: `str(numpy.round(x, 2))`.
+
+    numpy rounds to 2 decimals by scaling by 100, rounding half to even and dividing by 100; Python's
+    round() of a float to an integer does the same rounding exactly, so only the text needs numpy (cached).
+    """
+    rounded = round(fraction * 100.0) / 100.0
+    text = _AMOUNT_TEXT.get(rounded)
+    if text is None:
+        text = _AMOUNT_TEXT[rounded] = str(np.float64(rounded))
+    return text
 
 
 @cache
@@ -105,7 +116,7 @@ def official_scope(crystal: Crystal, symmetry: Symmetry) -> str:
 def canonical_scope(crystal: Crystal, symmetry: Symmetry) -> str:
     number = symmetry.number
     letters = wyckoff_tables.letters(number)
-    occupied = sorted({wyckoff_tables.letter_index(number, w) for w in symmetry.wyckoffs})
+    occupied = sorted({wyckoff_tables.letter_index(number, w) for w in set(symmetry.wyckoffs)})
     best = min(tuple(sorted({perm[i] for i in occupied})) for perm in wyckoff_tables.letter_permutations(number))
     wyckoff = " ".join(f"{wyckoff_tables.multiplicity(number, letters[i])}{letters[i]}" for i in best)
     amounts = crystal.element_amounts()

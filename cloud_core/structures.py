@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +63,7 @@ class Crystal:
 
     @property
     def is_ordered(self) -> bool:
-        return all(len(s) == 1 and s[0][1] >= 1 - FULL_OCCUPANCY_TOLERANCE for s in self.site_species)
+        return all(len(s) == 1 and s[0][1] >= 1 - FULL_OCCUPANCY_TOLERANCE for s in dict.fromkeys(self.site_species))
 
     def kind_numbers(self) -> np.ndarray:
         """Site kinds as integers 1, 2, ... in order of first appearance (what spglib calls `types`)."""
@@ -71,7 +73,12 @@ class Crystal:
     def element_amounts(self) -> dict[str, float]:
         """Element -> amount in the cell, in order of first appearance (pymatgen's Composition order)."""
         amounts: dict[str, float] = {}
-        for species in self.site_species:
+        counts = Counter(self.site_species)  # distinct species in order of first appearance
+        if all(len(species) == 1 and species[0][1] == 1.0 for species in counts):
+            for ((element, _),), count in counts.items():  # whole atoms: sums of 1.0 are exact
+                amounts[element] = amounts.get(element, 0.0) + count
+            return amounts
+        for species in self.site_species:  # partial occupancies: add them up in site order
             for element, occupancy in species:
                 amounts[element] = amounts.get(element, 0.0) + occupancy
         return amounts
@@ -132,7 +139,7 @@ def validate(crystal: Crystal, max_sites: int = DEFAULT_MAX_SITES) -> Crystal:
     # Compare with the volume of a box of the same edge lengths, so flat and needle cells both fail.
     if volume < 1e-3 * float(np.prod(lengths)) or volume < 1.0:
         raise StructureError(f"degenerate cell: volume {volume:.3g} Å^3 for edges {np.round(lengths, 3).tolist()} Å")
-    for species in crystal.site_species:
+    for species in dict.fromkeys(crystal.site_species):  # each distinct species once, in site order
         for element, occupancy in species:
             if not known_element(element):
                 raise StructureError(f"unknown element symbol {element!r}")
@@ -144,26 +151,90 @@ def validate(crystal: Crystal, max_sites: int = DEFAULT_MAX_SITES) -> Crystal:
     return crystal
 
 
+# The 27 lattice shifts (-1, 0, 1)^3 in the order the image index uses: image s holds shift SHIFTS[s],
+# SHIFTS[13] is the central cell.
+_SHIFTS = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], float)
+# Above this many sites a structure whose cell is thinner than 2 * MIN_ATOM_DISTANCE in some direction goes
+# through scipy's KD-tree instead of the dense all-pairs test (27 n^2 distances).
+_DENSE_OVERLAP_MAX_SITES = 64
+
+
 def _check_no_overlaps(crystal: Crystal) -> None:
-    """Raise if two atoms sit closer than MIN_ATOM_DISTANCE, periodic images included."""
+    """Raise if two atoms sit closer than MIN_ATOM_DISTANCE, periodic images included.
+
+    Atom j's images in the 27 cells around the central one are tested against every atom i; that is enough
+    because MIN_ATOM_DISTANCE is far below any cell edge that validate() lets through (the closest image of
+    an atom is itself, one lattice vector away). The first offending pair is reported: smallest i, then the
+    smallest image index s * n + j (the order of a KD-tree over the images, which this check replaces).
+
+    A cheap exact filter does most of the work: a vector with fractional components x has a Cartesian length
+    of at least |x_k| * h_k, h_k being the spacing of the lattice planes normal to axis k. So an image can be
+    within MIN_ATOM_DISTANCE only if |x_k| <= MIN_ATOM_DISTANCE / h_k on every axis; when that bound is below
+    1/2 on all three axes, only one shift per pair (the minimum-image one) can pass, and the test costs a
+    few n x n array operations with no 27-fold images.
+    """
+    lattice = crystal.lattice
+    frac = crystal.frac_coords - np.floor(crystal.frac_coords)
+    n = crystal.nsites
+    volume = abs(float(np.linalg.det(lattice)))
+    spacings = volume / np.linalg.norm(np.cross(lattice[[1, 2, 0]], lattice[[2, 0, 1]]), axis=1)
+    bound = MIN_ATOM_DISTANCE / spacings * (1 + 1e-9) + 1e-12
+    if not (bound < 0.5).all():  # a cell thinner than about 1 Å: test every image
+        if n > _DENSE_OVERLAP_MAX_SITES:
+            _check_no_overlaps_kdtree(crystal)
+        else:
+            _check_no_overlaps_dense(frac @ lattice, lattice)
+        return
+    delta = frac[None, :, :] - frac[:, None, :]  # [i, j] = frac_j - frac_i, components in (-1, 1)
+    shift = -np.round(delta)
+    near = (np.abs(delta + shift) <= bound).all(axis=2)
+    # An atom is not near itself; its own images are not near either, since every bound is below 1/2.
+    near[np.diag_indices(n)] = False
+    if not near.any():
+        return
+    cart = frac @ lattice
+    found = []
+    for i, j in np.argwhere(near).tolist():  # candidate pairs, each with its one possible shift
+        s = round((shift[i, j] + 1) @ (9.0, 3.0, 1.0))
+        d = float(np.linalg.norm(cart[j] + _SHIFTS[s] @ lattice - cart[i]))
+        if d <= MIN_ATOM_DISTANCE:
+            found.append((i, s * n + j, j, d))
+    if found:
+        i, _, j, d = min(found)
+        _raise_overlap(i, j, d)
+
+
+def _check_no_overlaps_dense(cart: np.ndarray, lattice: np.ndarray) -> None:
+    n = len(cart)
+    images = cart[None, :, :] + (_SHIFTS @ lattice)[:, None, :]  # (27, n, 3)
+    distances = np.linalg.norm(images[None, :, :, :] - cart[:, None, None, :], axis=3)  # (n, 27, n)
+    distances[np.arange(n), 13, np.arange(n)] = np.inf
+    close = np.argwhere(distances <= MIN_ATOM_DISTANCE)  # row-major: smallest i, then s, then j
+    if len(close):
+        i, s, j = close[0].tolist()
+        _raise_overlap(i, j, float(np.linalg.norm(images[s, j] - cart[i])))
+
+
+def _raise_overlap(i: int, j: int, d: float) -> None:
+    if j == i:
+        raise StructureError(f"cell too small: site {i} is {d:.3f} Å from its own periodic image")
+    raise StructureError(f"overlapping atoms: sites {min(i, j)} and {max(i, j)} are {d:.3f} Å apart")
+
+
+def _check_no_overlaps_kdtree(crystal: Crystal) -> None:
+    """The same test for large structures with a thin cell: a KD-tree over the 27 images."""
     from scipy.spatial import cKDTree
 
     frac = crystal.frac_coords - np.floor(crystal.frac_coords)
     cart = frac @ crystal.lattice
-    # Images in the 27 neighbouring cells; enough because MIN_ATOM_DISTANCE is far below any cell edge
-    # that validate() lets through (the closest image of an atom is itself, one lattice vector away).
-    shifts = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], float)
-    images = (cart[None, :, :] + (shifts @ crystal.lattice)[:, None, :]).reshape(-1, 3)
+    images = (cart[None, :, :] + (_SHIFTS @ crystal.lattice)[:, None, :]).reshape(-1, 3)
     n = crystal.nsites
     for i, neighbours in enumerate(cKDTree(images).query_ball_point(cart, MIN_ATOM_DISTANCE)):
         for flat in neighbours:
             j = flat % n
             if flat == 13 * n + i:  # the atom itself, in the central cell
                 continue
-            d = float(np.linalg.norm(images[flat] - cart[i]))
-            if j == i:
-                raise StructureError(f"cell too small: site {i} is {d:.3f} Å from its own periodic image")
-            raise StructureError(f"overlapping atoms: sites {min(i, j)} and {max(i, j)} are {d:.3f} Å apart")
+            _raise_overlap(i, j, float(np.linalg.norm(images[flat] - cart[i])))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,21 +264,89 @@ def _crystal_from_cif_gemmi(text: str) -> Crystal:
     cell = small.cell
     if not all(math.isfinite(x) and x > 0 for x in (cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma)):
         raise StructureError(f"invalid cell parameters: {cell.parameters}")
-    sites = small.get_all_unit_cell_sites()
-    if not sites and not small.sites:
-        # Either a CIF with no atom loop, or one gemmi could not read: let pymatgen have a look too.
-        raise ValueError("no atom sites")
     lattice = np.array(cell.orth.mat.tolist(), dtype=float).T  # gemmi's columns are a, b, c
-    frac = np.array([s.fract.tolist() for s in sites], dtype=float).reshape(-1, 3)
-    species = []
-    kinds = []
-    for s in sites:
-        element = s.element.name
-        if element == "X":
-            raise StructureError(f"unknown element symbol {s.type_symbol or s.label!r}")
-        species.append(((element, float(s.occ)),))
-        kinds.append(_kind_from_type_symbol(s.type_symbol, element))
+    table = _p1_site_table(block, small) if not cell.images else None
+    if table is not None:
+        frac, site_keys, key_sites = table
+    else:
+        sites = small.get_all_unit_cell_sites()
+        if not sites and not small.sites:
+            # Either a CIF with no atom loop, or one gemmi could not read: let pymatgen have a look too.
+            raise ValueError("no atom sites")
+        frac = np.array([s.fract.tolist() for s in sites], dtype=float).reshape(-1, 3)
+        site_keys = [(s.element.name, s.occ, s.type_symbol) for s in sites]
+        key_sites = sites
+    # Sites repeat a handful of (element, occupancy, type symbol) combinations: build each one's entry once.
+    entries: dict[tuple, tuple[Species, str]] = {}
+    for i, key in enumerate(site_keys):
+        if key not in entries:
+            element, occupancy, type_symbol = key
+            if element == "X":
+                site = key_sites[i]
+                raise StructureError(f"unknown element symbol {site.type_symbol or site.label!r}")
+            entries[key] = (((element, float(occupancy)),), _kind_from_type_symbol(type_symbol, element))
+    species = [entries[key][0] for key in site_keys]
+    kinds = [entries[key][1] for key in site_keys]
     return _merge_mixed_sites(Crystal(lattice, frac, species, kinds))
+
+
+# One or more plain decimal numbers separated by single spaces (no uncertainties, '?' or '.').
+_PLAIN_NUMBERS = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?: [-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)*")
+
+
+class _LoopSite:
+    """What the error message of an unknown element needs from a site of the fast path."""
+
+    __slots__ = ("label", "type_symbol")
+
+    def __init__(self, site: Any) -> None:
+        self.label, self.type_symbol = site.label, site.type_symbol
+
+
+def _p1_site_table(block: Any, small: Any) -> tuple[np.ndarray, list[tuple], Any] | None:
+    """Sites of a CIF without symmetry images (P 1, as Materials Project and pymatgen write them), read from
+    the atom-site loop's strings in a few whole-column operations instead of one Python call per site
+    attribute. Returns exactly what gemmi's `get_all_unit_cell_sites()` would give (coordinates as written,
+    gemmi's element and type symbol per site), or None when the loop is anything but plain: then the
+    caller takes gemmi's per-site path.
+    """
+    column = block.find_loop("_atom_site_fract_x")
+    loop = column.get_loop() if column else None
+    if loop is None:
+        return None
+    tags = [tag.lower() for tag in loop.tags]
+    needed = ("_atom_site_label", "_atom_site_type_symbol", "_atom_site_fract_x", "_atom_site_fract_y")
+    if not all(tag in tags for tag in (*needed, "_atom_site_fract_z")):
+        return None
+    width, length = loop.width(), loop.length()
+    if length == 0 or length != len(small.sites):
+        return None
+    values = loop.values
+    coordinates = [values[tags.index(f"_atom_site_fract_{axis}") :: width] for axis in "xyz"]
+    has_occupancy = "_atom_site_occupancy" in tags
+    occupancies = values[tags.index("_atom_site_occupancy") :: width] if has_occupancy else None
+    numbers = " ".join(" ".join(c) for c in coordinates)
+    if has_occupancy:
+        numbers += " " + " ".join(occupancies)
+    if not _PLAIN_NUMBERS.fullmatch(numbers):
+        return None
+    # As read: gemmi wraps only the symmetry images of a site into the cell, not the site itself.
+    frac = np.ascontiguousarray(np.array([[float(x) for x in c] for c in coordinates], dtype=float).T)
+    occupancy_values = [float(x) for x in occupancies] if has_occupancy else [1.0] * length
+    # gemmi's reading of each distinct type symbol (quotes, charges), taken from the first site that has it.
+    symbols = values[tags.index("_atom_site_type_symbol") :: width]
+    first: dict[str, Any] = {}
+    for i, raw in enumerate(symbols):
+        if raw not in first:
+            if raw in ("?", "."):  # gemmi then takes the element from the label, site by site
+                return None
+            site = small.sites[i]
+            if not site.type_symbol:
+                return None
+            first[raw] = (site.element.name, site.type_symbol, _LoopSite(site))
+    site_keys = [(first[raw][0], occ, first[raw][1]) for raw, occ in zip(symbols, occupancy_values, strict=True)]
+    key_sites = [first[raw][2] for raw in symbols]
+    return frac, site_keys, key_sites
 
 
 def _kind_from_type_symbol(type_symbol: str, element: str) -> str:
@@ -219,11 +358,12 @@ def _kind_from_type_symbol(type_symbol: str, element: str) -> str:
 
 def _merge_mixed_sites(crystal: Crystal) -> Crystal:
     """Join partially occupied sites at the same place into one mixed site (CIF writes them apart)."""
-    occupancies = np.array([sum(o for _, o in s) for s in crystal.site_species])
-    if (occupancies >= 1 - FULL_OCCUPANCY_TOLERANCE).all():
-        for i, s in enumerate(crystal.site_species):  # round 0.9999 up so ordered sites stay ordered
-            crystal.site_species[i] = ((s[0][0], 1.0),)
+    totals = {species: sum(o for _, o in species) for species in dict.fromkeys(crystal.site_species)}
+    if all(total >= 1 - FULL_OCCUPANCY_TOLERANCE for total in totals.values()):
+        ordered = {species: ((species[0][0], 1.0),) for species in totals}  # 0.9999 becomes 1
+        crystal.site_species = [ordered[species] for species in crystal.site_species]
         return crystal
+    occupancies = np.array([totals[species] for species in crystal.site_species])
     frac = crystal.frac_coords - np.floor(crystal.frac_coords)
     keep: list[int] = []
     merged: dict[int, list[tuple[str, float]]] = {}

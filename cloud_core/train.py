@@ -188,7 +188,9 @@ def pretrain(model: CloudModel, strings: list[str], settings: TrainSettings, dev
         model.train()
         order = torch.randperm(len(table), generator=generator)
         total, started = 0.0, time.perf_counter()
-        for index in length_bucketed(order, table.lengths, settings.batch_size, generator):
+        for step, index in enumerate(length_bucketed(order, table.lengths, settings.batch_size, generator)):
+            if step and step % 100 == 0:
+                log.info("pretrain epoch %d step %d/%d  mlm loss %.4f", epoch + 1, step, steps_per_epoch, total / step)
             batch = table.batch(index, device)
             masked, labels = mask_tokens(batch, settings.mask_prob, generator)
             with _autocast(device):
