@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import cache
 from pathlib import Path
 
 import polars as pl
@@ -54,6 +55,16 @@ def cache_dir() -> Path:
     return path
 
 
+@cache
+def encoder_fingerprint() -> str:
+    """Hash of the code and tables that decide a SCOPE string: a cached encoding is reused only while equal."""
+    package = Path(__file__).parent
+    digest = hashlib.sha1(__version__.encode())
+    for name in ("structures.py", "symmetry.py", "scope.py", "wyckoff_tables.py", "data/wyckoff_tables.json"):
+        digest.update((package / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def labels(table: str, frame: pl.DataFrame) -> pl.DataFrame:
     """The label columns of one table in the model's units, keyed by material_id."""
     if table == "mp37k":
@@ -70,17 +81,26 @@ def labels(table: str, frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select("material_id")
 
 
-def encoded_table(table: str, variant: str, data_dir: Path | None = None, workers: int | None = None) -> pl.DataFrame:
-    """One shared table encoded: material_id, split, scope, error, nsites and its labels. Cached."""
+def encoded_table(
+    table: str, variant: str, data_dir: Path | None = None, workers: int | None = None, split: str | None = None
+) -> pl.DataFrame:
+    """One shared table (or one split of it) encoded: material_id, split, scope, error, nsites, labels. Cached."""
     path = (data_dir or default_data_dir()) / f"{table}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: point --data (or CLOUD_SCREEN_DATA) at the shared data folder")
     stat = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{variant}|{__version__}".encode())
+    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{variant}|{encoder_fingerprint()}".encode())
     cached = cache_dir() / f"{table}-{variant}-{key.hexdigest()[:12]}.parquet"
     if cached.exists():
-        return pl.read_parquet(cached)
+        frame = pl.read_parquet(cached)
+        return frame if split is None else frame.filter(pl.col("split") == split)
+    if split is not None:  # one split only: encode just that (and cache it under its own name)
+        cached = cached.with_name(f"{table}-{variant}-{split}-{key.hexdigest()[:12]}.parquet")
+        if cached.exists():
+            return pl.read_parquet(cached)
     frame = pl.read_parquet(path)
+    if split is not None:
+        frame = frame.filter(pl.col("split") == split)
     encoded = encode_table(
         frame.select("material_id", "cif"), EncodeSettings(variant=variant), workers or default_workers()
     )

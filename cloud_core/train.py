@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from cloud_core import __version__
-from cloud_core.datasets import TASK_TABLE, default_data_dir, pretraining_strings, training_frame
+from cloud_core.datasets import TASK_TABLE, default_data_dir, encoder_fingerprint, pretraining_strings, training_frame
 from cloud_core.debye import debye_cv
 from cloud_core.model import DEBYE_FIT_TEMPERATURE, PROPERTIES, CloudModel, ModelConfig
 from cloud_core.tokenizer import CLS, MASK, Batch, tokenize, vocabulary
@@ -463,6 +463,7 @@ def train(settings: TrainSettings) -> Path:
             "labelled_rows": frame.height,
             "pretraining_strings": len(corpus),
             "tables": sorted(set(TASK_TABLE.values())),
+            "encoder_fingerprint": encoder_fingerprint(),
         },
         "machine": {
             "host": platform.node(),

@@ -116,7 +116,7 @@ def evaluate(
 ) -> None:
     """Test-split metrics per task for a model, with baselines, as JSON."""
     from cloud_core.bundle import BundleError
-    from cloud_core.evaluate import evaluate_bundle
+    from cloud_core.evaluate import evaluate_bundle, metrics_markdown
 
     if not data.is_dir():
         fail(f"{data} is not a folder (point --data at the shared data, e.g. ../shared/data)")
@@ -126,5 +126,4 @@ def evaluate(
         fail(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n")
-    for task, row in metrics["tasks"].items():
-        typer.echo(f"{task:28s} MAE {row['mae']:.4f}  (train mean {row['train_mean_mae']:.4f}, n={row['n']})", err=True)
+    typer.echo(metrics_markdown(metrics))
