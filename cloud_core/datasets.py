@@ -60,7 +60,14 @@ def encoder_fingerprint() -> str:
     """Hash of the code and tables that decide a SCOPE string: a cached encoding is reused only while equal."""
     package = Path(__file__).parent
     digest = hashlib.sha1(__version__.encode())
-    for name in ("structures.py", "symmetry.py", "scope.py", "wyckoff_tables.py", "data/wyckoff_tables.json"):
+    for name in (
+        "structures.py",
+        "symmetry.py",
+        "scope.py",
+        "wyckoff_tables.py",
+        "data/wyckoff_tables.json",
+        "data/scope_tables.json",
+    ):
         digest.update((package / name).read_bytes())
     return digest.hexdigest()[:16]
 

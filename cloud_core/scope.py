@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from cloud_core import wyckoff_tables
+from cloud_core import scope_tables, wyckoff_tables
 from cloud_core.structures import Crystal, StructureError
 from cloud_core.symmetry import DEFAULT_ANGLE_TOLERANCE, DEFAULT_SYMPREC, Backend, Symmetry, find_symmetry
 
@@ -50,12 +50,9 @@ REFERENCE_GENERATOR_OVERRIDES = {
 
 @lru_cache(maxsize=1)
 def generator_codes() -> dict[int, str]:
-    """Space group number -> generator code, from pymatgen's tables with the reference's overrides."""
-    from pymatgen.symmetry.groups import SYMM_DATA
-
-    codes: dict[int, str] = {}
-    for entry in SYMM_DATA["space_group_encoding"].values():
-        codes.setdefault(int(entry["int_number"]), entry["enc"])
+    """Space group number -> generator code: pymatgen's (shipped in `scope_tables`) with the reference's
+    overrides."""
+    codes = scope_tables.generator_codes()
     codes.update(REFERENCE_GENERATOR_OVERRIDES)
     return codes
 
@@ -83,14 +80,17 @@ def format_amount(fraction: float) -> str:
 
 @cache
 def _element_sort_key(element: str) -> tuple[float, int]:
-    from pymatgen.core.periodic_table import Element
+    data = scope_tables.element_data(element)
+    if data is None:  # not one of the 118 elements of the shipped table: ask pymatgen itself
+        from pymatgen.core.periodic_table import Element
 
-    el = Element(element)
-    with warnings.catch_warnings():  # pymatgen warns that noble gases have no Pauling value (NaN)
-        warnings.simplefilter("ignore")
-        x = el.X
+        el = Element(element)
+        with warnings.catch_warnings():  # pymatgen warns that noble gases have no Pauling value (NaN)
+            warnings.simplefilter("ignore")
+            data = (el.X, el.Z)
+    x, z = data
     # Noble gases without a Pauling value get NaN from pymatgen: put them last, by atomic number.
-    return (x if x == x else float("inf"), el.Z)
+    return (x if x == x else float("inf"), z)
 
 
 def sorted_elements(elements: Iterable[str]) -> list[str]:

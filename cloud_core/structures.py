@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -134,11 +135,13 @@ def validate(crystal: Crystal, max_sites: int = DEFAULT_MAX_SITES) -> Crystal:
         raise StructureError(f"malformed arrays: lattice {lattice.shape}, coordinates {frac.shape}")
     if not (np.isfinite(lattice).all() and np.isfinite(frac).all()):
         raise StructureError("non-finite lattice or coordinates (NaN or inf)")
-    volume = abs(float(np.linalg.det(lattice)))
-    lengths = np.linalg.norm(lattice, axis=1)
+    (a, b, c) = rows = lattice.tolist()
+    volume = abs(_triple_product(a, b, c))
+    lengths = [math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]) for v in rows]
     # Compare with the volume of a box of the same edge lengths, so flat and needle cells both fail.
-    if volume < 1e-3 * float(np.prod(lengths)) or volume < 1.0:
-        raise StructureError(f"degenerate cell: volume {volume:.3g} Å^3 for edges {np.round(lengths, 3).tolist()} Å")
+    if volume < 1e-3 * lengths[0] * lengths[1] * lengths[2] or volume < 1.0:
+        volume, edges = abs(float(np.linalg.det(lattice))), np.round(np.linalg.norm(lattice, axis=1), 3).tolist()
+        raise StructureError(f"degenerate cell: volume {volume:.3g} Å^3 for edges {edges} Å")
     for species in dict.fromkeys(crystal.site_species):  # each distinct species once, in site order
         for element, occupancy in species:
             if not known_element(element):
@@ -147,8 +150,18 @@ def validate(crystal: Crystal, max_sites: int = DEFAULT_MAX_SITES) -> Crystal:
                 raise StructureError(f"occupancy {occupancy} of {element} outside (0, 1]")
         if sum(o for _, o in species) > 1 + FULL_OCCUPANCY_TOLERANCE:
             raise StructureError(f"site occupancies sum to more than 1: {species}")
-    _check_no_overlaps(crystal)
+    _check_no_overlaps(crystal, volume)
     return crystal
+
+
+def _cross(u: list[float], v: list[float]) -> list[float]:
+    return [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]]
+
+
+def _triple_product(a: list[float], b: list[float], c: list[float]) -> float:
+    """a . (b x c): the signed volume of the cell with rows a, b, c (plain floats: 3 x 3 needs no numpy)."""
+    bc = _cross(b, c)
+    return a[0] * bc[0] + a[1] * bc[1] + a[2] * bc[2]
 
 
 # The 27 lattice shifts (-1, 0, 1)^3 in the order the image index uses: image s holds shift SHIFTS[s],
@@ -159,7 +172,7 @@ _SHIFTS = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (
 _DENSE_OVERLAP_MAX_SITES = 64
 
 
-def _check_no_overlaps(crystal: Crystal) -> None:
+def _check_no_overlaps(crystal: Crystal, volume: float | None = None) -> None:
     """Raise if two atoms sit closer than MIN_ATOM_DISTANCE, periodic images included.
 
     Atom j's images in the 27 cells around the central one are tested against every atom i; that is enough
@@ -176,18 +189,26 @@ def _check_no_overlaps(crystal: Crystal) -> None:
     lattice = crystal.lattice
     frac = crystal.frac_coords - np.floor(crystal.frac_coords)
     n = crystal.nsites
-    volume = abs(float(np.linalg.det(lattice)))
-    spacings = volume / np.linalg.norm(np.cross(lattice[[1, 2, 0]], lattice[[2, 0, 1]]), axis=1)
-    bound = MIN_ATOM_DISTANCE / spacings * (1 + 1e-9) + 1e-12
+    a, b, c = lattice.tolist()
+    if volume is None:
+        volume = abs(_triple_product(a, b, c))
+    # Plane spacing h_k = V / |b_k+1 x b_k+2|, so the bound MIN_ATOM_DISTANCE / h_k is |...| * d / V.
+    bound = (
+        np.array([math.sqrt(sum(x * x for x in _cross(u, v))) for u, v in ((b, c), (c, a), (a, b))])
+        * (MIN_ATOM_DISTANCE / volume * (1 + 1e-9))
+        + 1e-12
+    )
     if not (bound < 0.5).all():  # a cell thinner than about 1 Å: test every image
         if n > _DENSE_OVERLAP_MAX_SITES:
             _check_no_overlaps_kdtree(crystal)
         else:
             _check_no_overlaps_dense(frac @ lattice, lattice)
         return
-    delta = frac[None, :, :] - frac[:, None, :]  # [i, j] = frac_j - frac_i, components in (-1, 1)
+    columns = np.ascontiguousarray(frac.T)  # axis first: n x n arrays per axis, no reduction over a short axis
+    delta = columns[:, None, :] - columns[:, :, None]  # [k, i, j] = frac_jk - frac_ik, in (-1, 1)
     shift = -np.round(delta)
-    near = (np.abs(delta + shift) <= bound).all(axis=2)
+    close = np.abs(delta + shift) <= bound[:, None, None]
+    near = close[0] & close[1] & close[2]
     # An atom is not near itself; its own images are not near either, since every bound is below 1/2.
     near[np.diag_indices(n)] = False
     if not near.any():
@@ -195,7 +216,7 @@ def _check_no_overlaps(crystal: Crystal) -> None:
     cart = frac @ lattice
     found = []
     for i, j in np.argwhere(near).tolist():  # candidate pairs, each with its one possible shift
-        s = round((shift[i, j] + 1) @ (9.0, 3.0, 1.0))
+        s = round((shift[:, i, j] + 1) @ (9.0, 3.0, 1.0))
         d = float(np.linalg.norm(cart[j] + _SHIFTS[s] @ lattice - cart[i]))
         if d <= MIN_ATOM_DISTANCE:
             found.append((i, s * n + j, j, d))
@@ -290,8 +311,8 @@ def _crystal_from_cif_gemmi(text: str) -> Crystal:
     return _merge_mixed_sites(Crystal(lattice, frac, species, kinds))
 
 
-# One or more plain decimal numbers separated by single spaces (no uncertainties, '?' or '.').
-_PLAIN_NUMBERS = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?: [-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)*")
+# A character no plain decimal number has: uncertainties '1.2(3)', '?', quotes, letters other than e/E.
+_NOT_PLAIN_NUMBER = re.compile(r"[^0-9.eE+\- ]")
 
 
 class _LoopSite:
@@ -325,14 +346,17 @@ def _p1_site_table(block: Any, small: Any) -> tuple[np.ndarray, list[tuple], Any
     coordinates = [values[tags.index(f"_atom_site_fract_{axis}") :: width] for axis in "xyz"]
     has_occupancy = "_atom_site_occupancy" in tags
     occupancies = values[tags.index("_atom_site_occupancy") :: width] if has_occupancy else None
-    numbers = " ".join(" ".join(c) for c in coordinates)
-    if has_occupancy:
-        numbers += " " + " ".join(occupancies)
-    if not _PLAIN_NUMBERS.fullmatch(numbers):
+    columns = [*coordinates, occupancies] if has_occupancy else coordinates
+    # Plain decimal numbers only, [-+]digits[.digits][e[-+]digits]: with no character outside [0-9.eE+-],
+    # float() accepts exactly those ('1.2.3', 'e5', '+-1' raise), so either test failing means not plain.
+    if _NOT_PLAIN_NUMBER.search(" ".join(" ".join(c) for c in columns)):
         return None
-    # As read: gemmi wraps only the symmetry images of a site into the cell, not the site itself.
-    frac = np.ascontiguousarray(np.array([[float(x) for x in c] for c in coordinates], dtype=float).T)
-    occupancy_values = [float(x) for x in occupancies] if has_occupancy else [1.0] * length
+    try:
+        # As read: gemmi wraps only the symmetry images of a site into the cell, not the site itself.
+        frac = np.array([[float(x) for x in c] for c in coordinates], dtype=float).T.copy()
+        occupancy_values = [float(x) for x in occupancies] if has_occupancy else [1.0] * length
+    except ValueError:
+        return None
     # gemmi's reading of each distinct type symbol (quotes, charges), taken from the first site that has it.
     symbols = values[tags.index("_atom_site_type_symbol") :: width]
     first: dict[str, Any] = {}
@@ -513,7 +537,10 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir() if p.is_file() and format_of(p)))
+            # scandir knows file types without a stat per file; names sort as the paths would (one folder).
+            with os.scandir(path) as entries:
+                names = sorted(e.name for e in entries if e.is_file() and format_of(Path(e.name)))
+            paths.extend(path / name for name in names)
         elif path.exists():
             paths.append(path)
         else:

@@ -210,3 +210,58 @@ def test_guard_catches_known_moyopy_spglib_disagreements(material_id, spglib_num
     assert find_symmetry(crystal, "moyopy", guard=False).number == bare_moyopy_number
     guarded = find_symmetry(crystal, "moyopy")
     assert (guarded.backend, guarded.number) == ("spglib", spglib_number)
+
+
+def test_guard_lattice_rotations_of_simple_lattices():
+    """The loose lattice rotations: 48 for a cubic cell, 16 for a tetragonal one, 2 for a generic triclinic one
+    (identity and inversion); the reduction keeps a reduced basis and says so."""
+    from cloud_core.symmetry import _lattice_rotations, _reduce
+
+    cubic = np.eye(3) * 4.0
+    assert _reduce(cubic)[1] is None
+    assert len(_lattice_rotations(cubic, 0.03)) == 48
+    assert len(_lattice_rotations(np.diag([4.0, 4.0, 5.0]), 0.03)) == 16
+    triclinic = np.array([[4.1, 0.0, 0.0], [0.7, 5.3, 0.0], [0.9, 1.3, 6.2]])
+    basis, matrix = _reduce(triclinic)
+    assert len(_lattice_rotations(basis, 0.03)) == 2
+    # A skewed basis of the cubic lattice reduces back to a cubic one (up to signs and order).
+    skewed = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1]], float) @ cubic
+    basis, matrix = _reduce(skewed)
+    assert matrix is not None and np.allclose(matrix @ skewed, basis)
+    assert np.allclose(np.sort(np.abs(basis).sum(axis=1)), [4, 4, 4])
+
+
+# -- shipped pymatgen tables ----------------------------------------------------------------------------
+
+
+def test_shipped_scope_tables_equal_what_pymatgen_gives():
+    """`cloud_core/data/scope_tables.json` (generator codes, electronegativities) is what
+    `python -m cloud_core.scope_tables` derives from the installed pymatgen, so encoding need not import it."""
+    from cloud_core import scope_tables
+
+    built = scope_tables.build()
+    assert scope_tables.shipped() == json.loads(json.dumps(built))
+    assert scope_tables.DEFAULT_OUT.read_text() == scope_tables.dumps(built)
+    assert sorted(scope_tables.generator_codes()) == list(range(1, 231))
+
+
+def test_encode_imports_no_pymatgen_torch_or_prefect(tmp_path, corundum):
+    """The encode command's start-up: none of the heavy libraries it does not need."""
+    import subprocess
+    import sys
+
+    from pymatgen.io.cif import CifWriter
+
+    CifWriter(corundum).write_file(tmp_path / "corundum.cif")
+    code = (
+        "import sys\n"
+        "from flows.cli import app\n"
+        "try:\n"
+        f"    app(['encode', {str(tmp_path)!r}, '--out', {str(tmp_path / 'out.parquet')!r}, '--workers', '1'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pymatgen', 'torch', 'prefect', 'scipy'}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
+    assert pl.read_parquet(tmp_path / "out.parquet")["scope"][0].endswith("| 12c 18e | Al 0.4 O 0.6")
