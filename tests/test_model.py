@@ -160,3 +160,47 @@ def test_inference_rows_errors_and_nonfinite_outputs(small_model):
     bad = predict_strings(broken, [AL2O3])
     assert bad["error"][0] == "model output not finite"
     assert bad["formation_energy_per_atom"][0] is None
+
+
+def test_shipped_default_bundle(rocksalt):
+    """The bundle in the package: loads by name, small, documented, and predicts sensible rock salt values."""
+    from cloud_core.bundle import resolve
+
+    folder = resolve("default")
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    assert size <= 25 * 2**20, size
+    bundle = load_bundle("default")
+    card = bundle.card
+    assert card["vocabulary_hash"] == vocabulary_hash()
+    for key in ("training_command", "code_version", "data", "machine", "metrics", "config"):
+        assert key in card, key
+    frame = encode_structures([rocksalt], ["NaCl"], EncodeSettings(variant=card["settings"]["variant"]))
+    row = predict_strings(bundle.model, frame["scope"].to_list()).row(0, named=True)
+    assert row["error"] is None
+    assert -3.0 < row["formation_energy_per_atom"] < -1.0  # DFT (MP): -2.1 eV/atom
+    assert row["band_gap"] > 2.0  # PBE: 5.0 eV
+    assert 150 < row["debye_temperature"] < 500  # experiment: 321 K
+    assert 15 < row["cv_300K"] < 25
+
+
+def test_evaluate_reproduces_the_card_metrics(tmp_path):
+    """`cloud-screen evaluate` on the shipped model recomputes the test metrics written in its card."""
+    shared_file("mp37k.parquet")
+    from typer.testing import CliRunner
+
+    from cloud_core.bundle import load_bundle
+    from flows.cli import app
+
+    out = tmp_path / "metrics.json"
+    result = CliRunner().invoke(
+        app, ["evaluate", "--data", str(shared_file(".")), "--out", str(out), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    tasks = json.loads(out.read_text())["tasks"]
+    card = load_bundle("default").card["metrics"]["tasks"]
+    assert set(tasks) == set(card)
+    for task, row in tasks.items():
+        if row.get("trained_on", "cv_305K") == "cv_305K":  # every trained head beats the train mean
+            assert row["mae"] < row["train_mean_mae"], task
+        # equal up to the few borderline strings a later encoder may write differently
+        assert row["mae"] == pytest.approx(card[task]["mae"], rel=0.03), task
