@@ -176,6 +176,16 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def _step(model: CloudModel, optimizer: torch.optim.Optimizer, scheduler, loss: torch.Tensor) -> float:
+    """One optimiser step with gradient clipping; returns the loss value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    return loss.detach().item()
+
+
 def pretrain(model: CloudModel, strings: list[str], settings: TrainSettings, device: torch.device) -> list[float]:
     """Masked-token pre-training; returns the mean loss per epoch."""
     table = TokenTable.from_strings(strings, settings.max_length)
@@ -198,12 +208,7 @@ def pretrain(model: CloudModel, strings: list[str], settings: TrainSettings, dev
             # labels follow the encoder's slots (generator pooling drops and moves tokens)
             labels = torch.where(source >= 0, labels.gather(1, source.clamp(min=0)), torch.full_like(source, -100))
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            total += loss.detach().item()
+            total += _step(model, optimizer, scheduler, loss)
         losses.append(total / steps_per_epoch)
         log.info(
             "pretrain epoch %d/%d  mlm loss %.4f  (%.0f s)",
@@ -354,12 +359,7 @@ def finetune(model: CloudModel, frame: pl.DataFrame, settings: TrainSettings, de
             with _autocast(device):
                 out = model(batch)
             loss = finetune_loss(out, targets.batch(index, device), config, cv_std)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            total += loss.detach().item()
+            total += _step(model, optimizer, scheduler, loss)
         pred = predict_table(model, table.subset(val_table_index), device)
         score, maes = validation_score(pred, val_targets, baseline)
         history.append(
