@@ -30,7 +30,8 @@ from cloud_core.encode import EncodeSettings, default_workers, encode_table
 TABLES = ("mp37k", "mp_elastic3k", "phonon_thermo1k", "perov5_partial", "carbon24_partial")
 LABELLED_TABLES = ("mp37k", "mp_elastic3k", "phonon_thermo1k")
 TEMPERATURES = (25, 305, 705)
-THERMO = tuple(f"{q}_{t}K" for q in ("cv", "u", "s", "f") for t in TEMPERATURES)
+THERMO_QUANTITIES = ("cv", "u", "s", "f")  # per mole of atoms, as debye.debye_thermo returns them
+THERMO = tuple(f"{q}_{t}K" for q in THERMO_QUANTITIES for t in TEMPERATURES)
 # Which table's test split scores which task.
 TASK_TABLE = {
     "formation_energy_per_atom": "mp37k",

@@ -18,13 +18,11 @@ import polars as pl
 import torch
 
 from cloud_core.bundle import Bundle, load_bundle
-from cloud_core.datasets import TASK_TABLE, TEMPERATURES, default_data_dir, encoded_table, labels
+from cloud_core.datasets import TASK_TABLE, TEMPERATURES, THERMO_QUANTITIES, default_data_dir, encoded_table, labels
 from cloud_core.debye import GAS_CONSTANT, debye_thermo
 from cloud_core.inference import predict_strings
 from cloud_core.model import PROPERTIES
-from cloud_core.train import best_single_theta, composition_part, ideal_theta, pick_device
-
-THERMO_KEYS = {"cv": "cv", "u": "u", "s": "s", "f": "f"}
+from cloud_core.train import best_single_theta, composition_part, ideal_theta, mean_absolute_error, pick_device
 
 
 def _thermo_from_theta(theta: np.ndarray) -> dict[str, np.ndarray]:
@@ -32,14 +30,9 @@ def _thermo_from_theta(theta: np.ndarray) -> dict[str, np.ndarray]:
     result = {}
     for t in TEMPERATURES:
         thermo = debye_thermo(torch.as_tensor(theta, dtype=torch.float64), torch.tensor(float(t), dtype=torch.float64))
-        for q in THERMO_KEYS:
+        for q in THERMO_QUANTITIES:
             result[f"{q}_{t}K"] = thermo[q].numpy()
     return result
-
-
-def _mae(pred: np.ndarray, true: np.ndarray) -> float:
-    ok = np.isfinite(true) & np.isfinite(pred)
-    return float(np.abs(pred[ok] - true[ok]).mean())
 
 
 def _predictions(bundle: Bundle, table: str, split: str, data_dir: Path, device: torch.device) -> pl.DataFrame:
@@ -76,12 +69,12 @@ def evaluate_bundle(
             row = {
                 "table": table,
                 "n": int(np.isfinite(true).sum()),
-                "mae": _mae(pred, true),
-                "train_mean_mae": _mae(np.full_like(true, float(train[name].mean())), true),
+                "mae": mean_absolute_error(pred, true),
+                "train_mean_mae": mean_absolute_error(np.full_like(true, float(train[name].mean())), true),
                 **_coverage(pred, std, true),
             }
             if other is not None:
-                row["composition_only_mae"] = _mae(other[f"pred_{name}"].to_numpy().astype(float), true)
+                row["composition_only_mae"] = mean_absolute_error(other[f"pred_{name}"].to_numpy().astype(float), true)
             tasks[name] = row
     return {"bundle": str(bundle.path), "bundle_id": bundle.id, "weights_sha256": bundle.weights_sha256, "tasks": tasks}
 
@@ -104,16 +97,16 @@ def _thermo_metrics(test: pl.DataFrame, train: pl.DataFrame, other: pl.DataFrame
         row: dict[str, Any] = {
             "table": "phonon_thermo1k",
             "n": int(np.isfinite(true).sum()),
-            "mae": _mae(model[key], true),
+            "mae": mean_absolute_error(model[key], true),
             "trained_on": "cv_305K" if key == "cv_305K" else "transfer (never seen in training)",
-            "train_mean_mae": _mae(np.full_like(true, float(train[key].mean())), true),
-            "single_theta_mae": _mae(single[key], true),
-            "ideal_theta_mae": _mae(ideal[key], true),
+            "train_mean_mae": mean_absolute_error(np.full_like(true, float(train[key].mean())), true),
+            "single_theta_mae": mean_absolute_error(single[key], true),
+            "ideal_theta_mae": mean_absolute_error(ideal[key], true),
         }
         if key.startswith("cv_"):
-            row["dulong_petit_mae"] = _mae(np.full_like(true, 3 * GAS_CONSTANT), true)
+            row["dulong_petit_mae"] = mean_absolute_error(np.full_like(true, 3 * GAS_CONSTANT), true)
         if comp is not None:
-            row["composition_only_mae"] = _mae(comp[key], true)
+            row["composition_only_mae"] = mean_absolute_error(comp[key], true)
         if key == "cv_305K":
             # the Cv sigma is predicted for the training temperature; cv_300K_std carries it
             row.update(_coverage(model[key], test["pred_cv_300K_std"].to_numpy().astype(float), true))

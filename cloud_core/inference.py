@@ -15,7 +15,7 @@ import torch
 
 from cloud_core.debye import debye_cv
 from cloud_core.model import CloudModel
-from cloud_core.tokenizer import Batch, tokenize
+from cloud_core.tokenizer import tokenize
 
 CV_REPORT_TEMPERATURE = 300.0  # K: `cv_300K`, the heat capacity every prediction table carries
 
@@ -25,18 +25,6 @@ def prediction_columns(model: CloudModel) -> list[str]:
     for name in model.config.properties:
         columns += [name, f"{name}_std"]
     return [*columns, "debye_temperature", "cv_300K", "cv_300K_std"]
-
-
-def _device_batches(batch: Batch, order: np.ndarray, batch_size: int, device: torch.device):
-    lengths = batch.mask.sum(1)
-    for start in range(0, len(order), batch_size):
-        index = torch.from_numpy(order[start : start + batch_size])
-        width = int(lengths[index].max())
-        tensors = (
-            t[index, :width].to(device, non_blocking=True)
-            for t in (batch.ids, batch.segments, batch.values, batch.mask)
-        )
-        yield index, Batch(*tensors, None, None, None)
 
 
 @torch.no_grad()
@@ -67,20 +55,18 @@ def predict_strings(
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     )
-    for index, batch in _device_batches(tokens, order, batch_size, device):
+    for start in range(0, len(order), batch_size):
+        batch = tokens.select(torch.from_numpy(order[start : start + batch_size]), device)
         with autocast:
             result = model.predict(batch)
         theta = result["debye_temperature"].float()
         result["cv_300K"] = debye_cv(theta, torch.tensor(CV_REPORT_TEMPERATURE, device=theta.device))
         result["cv_300K_std"] = result["cv_305K_std"]
-        rows = tokens.rows[index.numpy()]
         for c in columns:
-            out[c][rows] = result[c].float().cpu().numpy()
+            out[c][batch.rows] = result[c].float().cpu().numpy()
     finite = np.all([np.isfinite(out[c]) for c in columns], axis=0)
-    for i in np.flatnonzero(~finite):
-        if errors[i] is None:
-            errors[i] = "model output not finite"  # never stored as a valid prediction
-    for i in np.flatnonzero(~finite):
+    for i in np.flatnonzero(~finite):  # never stored as a valid prediction
+        errors[i] = errors[i] or "model output not finite"
         for c in columns:
             out[c][i] = np.nan
     frame = pl.DataFrame({c: pl.Series(c, v, dtype=pl.Float64).fill_nan(None) for c, v in out.items()})

@@ -97,20 +97,20 @@ class Batch:
     values: torch.Tensor  # (B, L) float32 amount value on composition-amount tokens, else 0
     mask: torch.Tensor  # (B, L) bool, True on real tokens
     rows: np.ndarray  # (B,) index into the input strings of each batch row
-    unknown: np.ndarray  # (N,) number of [UNK] tokens per input string
-    too_long: np.ndarray  # indices of input strings longer than max_length (not in the batch)
+    # Set by tokenize() only (a selection of rows leaves them None):
+    unknown: np.ndarray | None  # (N,) number of [UNK] tokens per input string
+    too_long: np.ndarray | None  # indices of input strings longer than max_length (not in the batch)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        move = {"device": device, "non_blocking": non_blocking}
-        return Batch(
-            self.ids.to(**move),
-            self.segments.to(**move),
-            self.values.to(**move),
-            self.mask.to(**move),
-            self.rows,
-            self.unknown,
-            self.too_long,
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def select(self, index: torch.Tensor, device: torch.device | str = "cpu") -> Batch:
+        """Rows `index` (a CPU tensor), trimmed to their longest member and moved to `device`."""
+        width = int(self.mask[index].sum(1).max())
+        tensors = (
+            t[index, :width].to(device, non_blocking=True) for t in (self.ids, self.segments, self.values, self.mask)
         )
+        return Batch(*tensors, self.rows[index.numpy()], None, None)
 
 
 def tokenize(strings: Sequence[str] | pl.Series, max_length: int = 256) -> Batch:

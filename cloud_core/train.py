@@ -84,45 +84,6 @@ def composition_part(scope: str) -> str:
     return "| | " + scope.rsplit("|", 1)[-1].strip()
 
 
-# --------------------------------------------------------------------------------------------------
-# Token tensors held once; batches are slices trimmed to their longest member.
-
-
-@dataclass
-class TokenTable:
-    ids: torch.Tensor  # (N, Lmax)
-    segments: torch.Tensor  # (N, Lmax)
-    values: torch.Tensor  # (N, Lmax)
-    mask: torch.Tensor  # (N, Lmax)
-    rows: np.ndarray  # (N,) index into the tokenized strings of each row (too-long strings are left out)
-    lengths: torch.Tensor  # (N,)
-
-    @classmethod
-    def from_strings(cls, strings: list[str], max_length: int) -> TokenTable:
-        b = tokenize(strings, max_length=max_length)
-        return cls(b.ids, b.segments, b.values, b.mask, b.rows, b.mask.sum(1))
-
-    def subset(self, index: torch.Tensor) -> TokenTable:
-        pick = (self.ids, self.segments, self.values, self.mask)
-        return TokenTable(*(t[index] for t in pick), self.rows[index.numpy()], self.lengths[index])
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batch(self, index: torch.Tensor, device: torch.device) -> Batch:
-        width = int(self.lengths[index].max())
-        pick = lambda t: t[index, :width].to(device, non_blocking=True)  # noqa: E731
-        return Batch(
-            pick(self.ids),
-            pick(self.segments),
-            pick(self.values),
-            pick(self.mask),
-            self.rows[index.numpy()],
-            None,
-            None,
-        )
-
-
 def length_bucketed(
     order: torch.Tensor, lengths: torch.Tensor, batch_size: int, generator: torch.Generator
 ) -> list[torch.Tensor]:
@@ -188,7 +149,8 @@ def _step(model: CloudModel, optimizer: torch.optim.Optimizer, scheduler, loss: 
 
 def pretrain(model: CloudModel, strings: list[str], settings: TrainSettings, device: torch.device) -> list[float]:
     """Masked-token pre-training; returns the mean loss per epoch."""
-    table = TokenTable.from_strings(strings, settings.max_length)
+    table = tokenize(strings, max_length=settings.max_length)  # token tensors held once, sliced per batch
+    lengths = table.mask.sum(1)
     generator = torch.Generator().manual_seed(settings.seed)
     steps_per_epoch = math.ceil(len(table) / settings.batch_size)
     optimizer = _optimizer(model, settings, settings.lr)
@@ -198,10 +160,10 @@ def pretrain(model: CloudModel, strings: list[str], settings: TrainSettings, dev
         model.train()
         order = torch.randperm(len(table), generator=generator)
         total, started = 0.0, time.perf_counter()
-        for step, index in enumerate(length_bucketed(order, table.lengths, settings.batch_size, generator)):
+        for step, index in enumerate(length_bucketed(order, lengths, settings.batch_size, generator)):
             if step and step % 100 == 0:
                 log.info("pretrain epoch %d step %d/%d  mlm loss %.4f", epoch + 1, step, steps_per_epoch, total / step)
-            batch = table.batch(index, device)
+            batch = table.select(index, device)
             masked, labels = mask_tokens(batch, settings.mask_prob, generator)
             with _autocast(device):
                 logits, source = model.mlm_logits(masked)
@@ -226,7 +188,7 @@ def pretrain(model: CloudModel, strings: list[str], settings: TrainSettings, dev
 
 @dataclass
 class Targets:
-    """Standardised label tensors aligned with a TokenTable; NaN where a label is missing."""
+    """Label tensors aligned with the rows of a tokenized Batch; NaN where a label is missing."""
 
     values: dict[str, torch.Tensor]  # name -> (N,) in physical units
 
@@ -271,12 +233,12 @@ def finetune_loss(
 
 @torch.no_grad()
 def predict_table(
-    model: CloudModel, table: TokenTable, device: torch.device, batch_size: int = 1024
+    model: CloudModel, table: Batch, device: torch.device, batch_size: int = 1024
 ) -> dict[str, np.ndarray]:
     model.eval()
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(table), batch_size):
-        batch = table.batch(torch.arange(start, min(start + batch_size, len(table))), device)
+        batch = table.select(torch.arange(start, min(start + batch_size, len(table))), device)
         with _autocast(device):
             out = model.predict(batch)
         for k, v in out.items():
@@ -284,8 +246,9 @@ def predict_table(
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _mae(pred: np.ndarray, true: np.ndarray) -> float:
-    ok = ~np.isnan(true)
+def mean_absolute_error(pred: np.ndarray, true: np.ndarray) -> float:
+    """MAE over the entries where both are finite (missing labels are NaN); NaN when there are none."""
+    ok = np.isfinite(true) & np.isfinite(pred)
     return float(np.abs(pred[ok] - true[ok]).mean()) if ok.any() else float("nan")
 
 
@@ -293,7 +256,7 @@ def validation_score(pred: dict[str, np.ndarray], targets: Targets, baseline: di
     maes = {}
     for name in [*PROPERTIES, DEBYE_TARGET]:
         key = "cv_305K" if name == DEBYE_TARGET else name
-        maes[name] = _mae(pred[key], targets.values[name].numpy())
+        maes[name] = mean_absolute_error(pred[key], targets.values[name].numpy())
     score = float(np.mean([maes[n] / baseline[n] for n in maes if not math.isnan(maes[n])]))
     return score, maes
 
@@ -321,7 +284,8 @@ def finetune(model: CloudModel, frame: pl.DataFrame, settings: TrainSettings, de
     val_index = frame.with_row_index("i").filter(pl.col("split") == "val")["i"].to_numpy()
 
     strings = frame["scope"].to_list()
-    table = TokenTable.from_strings(strings, settings.max_length)
+    table = tokenize(strings, max_length=settings.max_length)
+    lengths = table.mask.sum(1)
     kept = np.full(frame.height, -1)
     kept[table.rows] = np.arange(len(table))
     train_index, val_index = kept[train_index], kept[val_index]
@@ -338,7 +302,7 @@ def finetune(model: CloudModel, frame: pl.DataFrame, settings: TrainSettings, de
     cv_std = float(cv_train.std())
     val_targets = Targets({k: v[val_index] for k, v in targets.values.items()})
     baseline = {
-        n: _mae(np.full(len(val_index), float(train_frame[n].mean())), val_targets.values[n].numpy())
+        n: mean_absolute_error(np.full(len(val_index), float(train_frame[n].mean())), val_targets.values[n].numpy())
         for n in val_targets.values
     }
 
@@ -354,13 +318,13 @@ def finetune(model: CloudModel, frame: pl.DataFrame, settings: TrainSettings, de
         started = time.perf_counter()
         order = torch.from_numpy(train_index)[torch.randperm(len(train_index), generator=generator)]
         total = 0.0
-        for index in length_bucketed(order, table.lengths, settings.batch_size, generator):
-            batch = table.batch(index, device)
+        for index in length_bucketed(order, lengths, settings.batch_size, generator):
+            batch = table.select(index, device)
             with _autocast(device):
                 out = model(batch)
             loss = finetune_loss(out, targets.batch(index, device), config, cv_std)
             total += _step(model, optimizer, scheduler, loss)
-        pred = predict_table(model, table.subset(val_table_index), device)
+        pred = predict_table(model, table.select(val_table_index), device)
         score, maes = validation_score(pred, val_targets, baseline)
         history.append(
             {
@@ -390,7 +354,7 @@ def finetune(model: CloudModel, frame: pl.DataFrame, settings: TrainSettings, de
             log.info("no validation improvement for %d epochs: stopping", settings.patience)
             break
     model.load_state_dict(best.pop("state"))
-    pred = predict_table(model, table.subset(val_table_index), device)
+    pred = predict_table(model, table.select(val_table_index), device)
     config_calibration = calibrate(pred, val_targets)
     return {
         "best_epoch": best["epoch"],
