@@ -7,6 +7,7 @@ chunks in flight, so memory stays flat however many structures come in.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import multiprocessing
 import os
@@ -15,9 +16,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from cloud_core.scope import Variant, scope_string, sorted_elements
+from cloud_core.scope import Variant, canonical_scope, detailed_scope, scope_string, sorted_elements
 from cloud_core.structures import (
     DEFAULT_MAX_SITES,
     Crystal,
@@ -28,7 +30,7 @@ from cloud_core.structures import (
     parse_raw,
     validate,
 )
-from cloud_core.symmetry import DEFAULT_ANGLE_TOLERANCE, DEFAULT_SYMPREC, Backend
+from cloud_core.symmetry import DEFAULT_ANGLE_TOLERANCE, DEFAULT_SYMPREC, Backend, Symmetry
 
 SCHEMA: dict[str, Any] = {
     "id": pl.String,
@@ -44,6 +46,12 @@ SCHEMA: dict[str, Any] = {
     "variant": pl.String,
     "error": pl.String,
 }
+# With EncodeSettings.identify: what the catalog deduplicates candidates by (see `identity`).
+IDENTITY_SCHEMA: dict[str, Any] = {
+    "canonical_scope": pl.String,
+    "structure_hash": pl.String,
+    "candidate_id": pl.String,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,32 @@ class EncodeSettings:
     symprec: float = DEFAULT_SYMPREC
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE
     max_sites: int = DEFAULT_MAX_SITES
+    identify: bool = False  # add IDENTITY_SCHEMA columns (canonical SCOPE, structure hash, candidate id)
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return {**SCHEMA, **IDENTITY_SCHEMA} if self.identify else SCHEMA
+
+
+VOLUME_BIN = math.log(1.02)  # structure hashes tell apart volumes per atom that differ by more than ~2 %
+
+
+def identity(crystal: Crystal, symmetry: Symmetry, scope: str, variant: str) -> dict[str, str]:
+    """Candidate identity: canonical SCOPE + a structure hash, so the same crystal gets the same id from any
+    source, site order, origin or cell choice.
+
+    The canonical SCOPE collides for polymorphs with the same Wyckoff set; the structure hash separates
+    them by which element sits on which Wyckoff orbit (the detailed SCOPE) and by the volume per atom in
+    ~2 % bins (high-pressure phases, different free coordinates). Two relaxations of one crystal that differ
+    by less than that are one candidate, which is what a screen wants: the model cannot tell them apart.
+    """
+    canonical = scope if variant == "canonical" else canonical_scope(crystal, symmetry)
+    detailed = scope if variant == "detailed" else detailed_scope(crystal, symmetry)
+    atoms = sum(crystal.element_amounts().values())
+    volume_bin = round(math.log(abs(float(np.linalg.det(crystal.lattice))) / atoms) / VOLUME_BIN)
+    structure_hash = hashlib.sha256(f"{detailed}|{volume_bin}".encode()).hexdigest()[:16]
+    candidate_id = hashlib.sha256(f"{canonical}|{structure_hash}".encode()).hexdigest()[:16]
+    return {"canonical_scope": canonical, "structure_hash": structure_hash, "candidate_id": candidate_id}
 
 
 def encode_record(record: Record, settings: EncodeSettings) -> dict[str, Any]:
@@ -73,6 +107,8 @@ def encode_record(record: Record, settings: EncodeSettings) -> dict[str, Any]:
         "variant": settings.variant,
         "error": record.error,
     }
+    if settings.identify:
+        row.update(dict.fromkeys(IDENTITY_SCHEMA))
     crystal = record.crystal
     if crystal is None:
         return row
@@ -87,6 +123,8 @@ def encode_record(record: Record, settings: EncodeSettings) -> dict[str, Any]:
             symprec=settings.symprec,
             angle_tolerance=settings.angle_tolerance,
         )
+        if settings.identify:
+            row.update(identity(crystal, symmetry, scope, settings.variant))
     except StructureError as exc:
         row["error"] = str(exc)
         return row
@@ -118,13 +156,14 @@ def reduced_formula(amounts: dict[str, float]) -> tuple[str, float]:
     return text, float(sum(counts))
 
 
-def _rows_to_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=SCHEMA, orient="row") if rows else pl.DataFrame(schema=SCHEMA)
+def _rows_to_frame(rows: list[dict[str, Any]], settings: EncodeSettings) -> pl.DataFrame:
+    schema = settings.schema
+    return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
 
 
 def encode_chunk(raws: Sequence[RawInput], settings: EncodeSettings) -> pl.DataFrame:
     """Parse, validate and encode a chunk of raw inputs (what one worker does at a time)."""
-    return _rows_to_frame([encode_record(parse_raw(raw, settings.max_sites), settings) for raw in raws])
+    return _rows_to_frame([encode_record(parse_raw(raw, settings.max_sites), settings) for raw in raws], settings)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,7 +182,7 @@ def encode_structures(
     rows = []
     for name, item in zip(names, items, strict=True):
         rows.append(encode_record(_record_from_object(name, item, settings.max_sites), settings))
-    return _rows_to_frame(rows)
+    return _rows_to_frame(rows, settings)
 
 
 def _record_from_object(name: str, item: Any, max_sites: int) -> Record:
@@ -170,7 +209,7 @@ def encode_table(table: Any, settings: EncodeSettings | None = None, workers: in
         for i, c in zip(ids, frame["cif"].to_list(), strict=True)
     ]
     frames = list(encode_stream(raws, settings or EncodeSettings(), workers=workers))
-    return pl.concat(frames) if frames else _rows_to_frame([])
+    return pl.concat(frames) if frames else _rows_to_frame([], settings or EncodeSettings())
 
 
 def default_workers() -> int:

@@ -13,7 +13,7 @@ import polars as pl
 import torch
 
 from cloud_core.bundle import Bundle
-from cloud_core.encode import EncodeSettings, encode_stream
+from cloud_core.encode import IDENTITY_SCHEMA, EncodeSettings, encode_stream
 from cloud_core.inference import predict_strings
 from cloud_core.structures import expand_inputs, iter_raw_inputs
 from cloud_core.tables import TableWriter
@@ -25,9 +25,8 @@ def predict_frame(bundle: Bundle, encoded: pl.DataFrame, device: torch.device, b
     """Predictions for one encoded chunk; an encoding error is kept, an inference error is added."""
     predicted = predict_strings(bundle.model, encoded["scope"].to_list(), device, batch_size)
     error = pl.coalesce(encoded["error"], predicted["error"]).alias("error")
-    return pl.concat([encoded.select(KEEP_FROM_ENCODING), predicted.drop("error")], how="horizontal").with_columns(
-        error
-    )
+    keep = [*KEEP_FROM_ENCODING, *(c for c in IDENTITY_SCHEMA if c in encoded.columns)]
+    return pl.concat([encoded.select(keep), predicted.drop("error")], how="horizontal").with_columns(error)
 
 
 def predict_stream(

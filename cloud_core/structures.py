@@ -478,6 +478,30 @@ def crystal_from_text(text: str, fmt: str) -> Crystal:
     raise StructureError(f"unknown structure format {fmt!r}")
 
 
+def crystal_to_json(crystal: Crystal) -> str:
+    """The crystal as pymatgen Structure JSON (readable by `Structure.from_dict` and by `crystal_from_text`),
+    written without importing pymatgen."""
+    sites = [
+        {
+            "species": [{"element": el, "occu": occ} for el, occ in species],
+            "abc": [round(float(x), 10) for x in frac],
+            "properties": {},
+            "label": kind,
+        }
+        for species, frac, kind in zip(crystal.site_species, crystal.frac_coords, crystal.site_kinds, strict=True)
+    ]
+    return json.dumps(
+        {
+            "@module": "pymatgen.core.structure",
+            "@class": "Structure",
+            "charge": 0,
+            "lattice": {"matrix": [[round(float(x), 10) for x in row] for row in crystal.lattice], "pbc": [True] * 3},
+            "properties": {},
+            "sites": sites,
+        }
+    )
+
+
 def _crystal_from_json(text: str) -> Crystal:
     from pymatgen.core import Structure
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import fail
+from flows.console import fail
 
 
 def predict(

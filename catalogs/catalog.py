@@ -1,0 +1,447 @@
+"""The result catalog: one DuckDB file holding runs, candidates, predictions, Debye curves and rankings.
+
+Every write is a short transaction on a connection opened for it and closed after it, so another process can
+read (`cloud-screen query`) between a run's batches; a process that finds the file locked waits up to
+`lock_timeout` seconds and then stops with one line naming the process that holds it. Appends are idempotent
+per (run_id, candidate_id): rows already in the catalog are skipped by an anti-join, so a resumed or repeated
+run neither duplicates nor loses a row, and candidates are shared across runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from catalogs.schema import MIGRATIONS, PREDICTION_VALUES, SCHEMA_VERSION, THETA_KEY_SCALE, VIEWS
+
+DEFAULT_TEMPERATURES = tuple(float(t) for t in np.linspace(10.0, 1000.0, 100))  # K: 10, 20, ..., 1000
+
+_process_locks: dict[Path, threading.RLock] = {}  # one DuckDB configuration per file per process
+
+
+class CatalogError(RuntimeError):
+    """A catalog that cannot be used as asked; the message is one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class AppendCounts:
+    candidates_new: int
+    predictions_new: int
+    failures_new: int
+    skipped: int  # rows already in the catalog for this run
+
+
+def crystal_system(spacegroup: pl.Expr) -> pl.Expr:
+    """Crystal system of a space-group number (International Tables ranges)."""
+    return (
+        pl.when(spacegroup <= 2)
+        .then(pl.lit("triclinic"))
+        .when(spacegroup <= 15)
+        .then(pl.lit("monoclinic"))
+        .when(spacegroup <= 74)
+        .then(pl.lit("orthorhombic"))
+        .when(spacegroup <= 142)
+        .then(pl.lit("tetragonal"))
+        .when(spacegroup <= 167)
+        .then(pl.lit("trigonal"))
+        .when(spacegroup <= 194)
+        .then(pl.lit("hexagonal"))
+        .when(spacegroup <= 230)
+        .then(pl.lit("cubic"))
+        .otherwise(None)
+    )
+
+
+def grid_id(temperatures: Sequence[float]) -> str:
+    """A temperature grid's id: a hash of its float32 values, so equal grids share curves."""
+    return "g" + hashlib.sha256(np.asarray(temperatures, dtype=np.float32).tobytes()).hexdigest()[:15]
+
+
+def _lock_holder(message: str) -> str:
+    match = re.search(r"held in (\S+) \(PID (\d+)\)", message)
+    if not match:
+        return "another process"
+    program, pid = match.groups()
+    command = ""
+    with contextlib.suppress(OSError):  # the holder's command line says which command (or notebook) it is
+        command = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split())
+    return f"process {pid} ({command[:160] or program})"
+
+
+class Catalog:
+    """A DuckDB result catalog file. Creating one writes nothing until the first write."""
+
+    def __init__(self, path: str | Path, lock_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+        self._migrated = False
+        self._grids: dict[str, str] = {}  # run_id -> grid_id, for appends
+
+    # ------------------------------------------------------------------ connections
+
+    @contextmanager
+    def connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for one short piece of work; write connections run it in one transaction."""
+        if not write and not self.path.exists():
+            raise CatalogError(f"no catalog at {self.path}: run `cloud-screen screen --catalog {self.path}` first")
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _process_locks.setdefault(self.path.resolve(), threading.RLock())
+        with lock:
+            con = self._open(write)
+            try:
+                if write and not self._migrated:
+                    self._migrate(con)
+                elif not write:
+                    self._check_version(con)
+                if write:
+                    con.execute("BEGIN TRANSACTION")
+                    try:
+                        yield con
+                    except BaseException:
+                        con.execute("ROLLBACK")
+                        raise
+                    con.execute("COMMIT")
+                else:
+                    yield con
+            finally:
+                con.close()
+
+    def _open(self, write: bool) -> duckdb.DuckDBPyConnection:
+        # No extension may be fetched at run time (and none is needed).
+        config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=not write, config=config)
+            except duckdb.IOException as exc:
+                message = str(exc)
+                if "lock" not in message.lower():
+                    raise CatalogError(f"cannot open catalog {self.path}: {message.splitlines()[0]}") from None
+                if time.monotonic() >= deadline:
+                    holder = _lock_holder(message)
+                    raise CatalogError(
+                        f"catalog {self.path} is locked by {holder}; wait for it to finish or stop it, "
+                        f"then run this again (waited {self.lock_timeout:g} s)"
+                    ) from None
+                time.sleep(0.2)
+            except duckdb.Error as exc:
+                first = str(exc).splitlines()[0]
+                raise CatalogError(f"cannot open catalog {self.path}: {first}") from None
+
+    @staticmethod
+    def _version(con: duckdb.DuckDBPyConnection) -> int:
+        exists = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+        ).fetchall()[0][0]
+        if not exists:
+            return 0
+        return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
+
+    def _check_version(self, con: duckdb.DuckDBPyConnection) -> None:
+        version = self._version(con)
+        if version > SCHEMA_VERSION:
+            raise CatalogError(self._newer_message(version))
+        if version < SCHEMA_VERSION:
+            raise CatalogError(
+                f"catalog {self.path} has schema version {version}, this cloud-screen reads version "
+                f"{SCHEMA_VERSION}: upgrade it with `cloud-screen migrate --catalog {self.path}`"
+            )
+
+    def _newer_message(self, version: int) -> str:
+        return (
+            f"catalog {self.path} has schema version {version}, newer than this cloud-screen knows "
+            f"({SCHEMA_VERSION}): upgrade cloud-screen to use it"
+        )
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection, target: int = SCHEMA_VERSION) -> None:
+        version = self._version(con)
+        if version > SCHEMA_VERSION:
+            raise CatalogError(self._newer_message(version))
+        if version < target:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if version == 0:
+                    con.execute(
+                        "CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL, "
+                        "description VARCHAR NOT NULL)"
+                    )
+                for migration in MIGRATIONS:
+                    if version < migration.version <= target:
+                        for statement in migration.statements:
+                            con.execute(statement)
+                        con.execute(
+                            "INSERT INTO schema_version VALUES (?, now(), ?)",
+                            [migration.version, migration.description],
+                        )
+                if target == SCHEMA_VERSION:
+                    for name, body in VIEWS.items():
+                        con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        self._migrated = target == SCHEMA_VERSION
+
+    def migrate(self) -> tuple[int, int]:
+        """Upgrade the file to this code's schema; returns (version before, version after)."""
+        lock = _process_locks.setdefault(self.path.resolve(), threading.RLock())
+        with lock:
+            con = self._open(write=True)
+            try:
+                before = self._version(con)
+                self._migrate(con)
+                return before, self._version(con)
+            finally:
+                con.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
+        """Run SQL on a read-only connection and return a polars DataFrame."""
+        with self.connect(write=False) as con:
+            try:
+                return con.sql(sql, params=params).pl()
+            except duckdb.Error as exc:
+                raise CatalogError(f"query failed: {' '.join(str(exc).split())}") from None
+
+    def schema_version(self) -> int:
+        with self.connect(write=False) as con:
+            return self._version(con)
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(
+        self,
+        *,
+        flow: str,
+        run_id: str | None = None,
+        source: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        model: dict[str, Any] | None = None,
+        code_version: str | None = None,
+        host: str | None = None,
+        device: str | None = None,
+        temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    ) -> str:
+        """Record a run (or resume one with the same run_id) and its temperature grid; returns the run id."""
+        run_id = run_id or f"{flow}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        temps = [float(t) for t in temperatures]
+        if not temps or any(t <= 0 or not np.isfinite(t) for t in temps) or sorted(temps) != temps:
+            raise CatalogError("temperatures must be positive, finite and ascending")
+        gid = grid_id(temps)
+        model = model or {}
+        with self.connect(write=True) as con:
+            con.execute(
+                "INSERT INTO temperature_grids SELECT ?, ?::FLOAT[] "
+                "WHERE NOT EXISTS (SELECT 1 FROM temperature_grids WHERE grid_id = ?)",
+                [gid, temps, gid],
+            )
+            existing = con.execute("SELECT grid_id FROM runs WHERE run_id = ?", [run_id]).fetchall()
+            if existing:
+                if existing[0][0] != gid:
+                    raise CatalogError(f"run {run_id} was started with another temperature grid; use a new run id")
+                con.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [run_id])
+            else:
+                con.execute(
+                    "INSERT INTO runs (run_id, flow, status, started_at, source, parameters, model_id, model_hash, "
+                    "model_card, code_version, host, device, grid_id) "
+                    "VALUES (?, ?, 'running', now(), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        run_id,
+                        flow,
+                        source,
+                        json.dumps(parameters or {}, default=str),
+                        model.get("id"),
+                        model.get("hash"),
+                        json.dumps(model.get("card") or {}, default=str),
+                        code_version,
+                        host,
+                        device,
+                        gid,
+                    ],
+                )
+        self._grids[run_id] = gid
+        return run_id
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str = "completed",
+        counts: dict[str, Any] | None = None,
+        timings: dict[str, Any] | None = None,
+        message: str | None = None,
+    ) -> None:
+        with self.connect(write=True) as con:
+            con.execute(
+                "UPDATE runs SET status = ?, finished_at = now(), counts = ?, timings = ?, message = ? "
+                "WHERE run_id = ?",
+                [status, json.dumps(counts or {}), json.dumps(timings or {}), message, run_id],
+            )
+
+    def run(self, run_id: str | None = None) -> dict[str, Any]:
+        """One run's provenance (the latest run when no id is given)."""
+        frame = self.query(
+            "SELECT * FROM runs WHERE run_id = $id OR $id IS NULL ORDER BY started_at DESC LIMIT 1",
+            {"id": run_id},
+        )
+        if frame.is_empty():
+            raise CatalogError(f"no run {run_id!r} in {self.path}" if run_id else f"no runs in {self.path} yet")
+        row = frame.row(0, named=True)
+        for key in ("parameters", "model_card", "timings", "counts"):
+            if isinstance(row.get(key), str):
+                row[key] = json.loads(row[key])
+        return row
+
+    # ------------------------------------------------------------------ appends
+
+    def append(self, run_id: str, rows: pl.DataFrame) -> AppendCounts:
+        """Store one batch of a run: encoded + predicted rows (one per input), in one transaction.
+
+        `rows` holds the encoder's identity columns (candidate_id, canonical_scope, structure_hash), `id`,
+        `source`, `formula`, `spacegroup`, `nsites`, `scope` (what the model read), the prediction columns,
+        `error`, and optionally `structure` + `structure_format`. Rows without a candidate_id (the input could
+        not be read or encoded) go to `failures`; the rest to `candidates` (new ones only) and `predictions`.
+        """
+        gid = self._grid_of(run_id)
+        rows = _normalise(rows)
+        good = rows.filter(pl.col("candidate_id").is_not_null()).unique("candidate_id", keep="first")
+        bad = rows.filter(pl.col("candidate_id").is_null())
+        candidates = good.select(
+            "candidate_id",
+            pl.col("canonical_scope").alias("scope"),
+            "structure_hash",
+            "formula",
+            "elements",
+            pl.col("elements").list.len().cast(pl.Int8).alias("nelements"),
+            "nsites",
+            "spacegroup",
+            crystal_system(pl.col("spacegroup")).alias("crystal_system"),
+            "source",
+            pl.col("id").alias("source_id"),
+            "structure",
+            "structure_format",
+            pl.lit(run_id).alias("first_run_id"),
+        )
+        predictions = good.select(
+            pl.lit(run_id).alias("run_id"),
+            "candidate_id",
+            pl.col("scope").alias("model_scope"),
+            *[pl.col(c).cast(pl.Float32) for c in PREDICTION_VALUES],
+            "error",
+        )
+        failures = bad.select(
+            pl.lit(run_id).alias("run_id"),
+            "source",
+            pl.col("id").alias("source_id"),
+            pl.lit("encode").alias("stage"),
+            pl.col("error").fill_null("not encoded"),
+        ).unique("source_id", keep="first")
+        thetas = predictions["debye_temperature"].drop_nulls()
+        keys = np.unique(np.round(thetas.to_numpy() * THETA_KEY_SCALE).astype(np.int64))
+        with self.connect(write=True) as con:
+            con.register("batch_candidates", candidates.to_arrow())
+            con.register("batch_predictions", predictions.to_arrow())
+            con.register("batch_failures", failures.to_arrow())
+            new_candidates = con.execute(
+                "INSERT INTO candidates SELECT b.*, now() FROM batch_candidates b "
+                "WHERE NOT EXISTS (SELECT 1 FROM candidates c WHERE c.candidate_id = b.candidate_id)"
+            ).fetchall()[0][0]
+            new_predictions = con.execute(
+                "INSERT INTO predictions SELECT b.* FROM batch_predictions b WHERE NOT EXISTS "
+                "(SELECT 1 FROM predictions p WHERE p.run_id = ? AND p.candidate_id = b.candidate_id)",
+                [run_id],
+            ).fetchall()[0][0]
+            new_failures = con.execute(
+                "INSERT INTO failures SELECT b.* FROM batch_failures b WHERE NOT EXISTS "
+                "(SELECT 1 FROM failures f WHERE f.run_id = ? AND f.source_id = b.source_id)",
+                [run_id],
+            ).fetchall()[0][0]
+            self._add_curves(con, gid, keys)
+        return AppendCounts(
+            candidates_new=new_candidates,
+            predictions_new=new_predictions,
+            failures_new=new_failures,
+            skipped=predictions.height - new_predictions + failures.height - new_failures,
+        )
+
+    def _grid_of(self, run_id: str) -> str:
+        if run_id not in self._grids:
+            found = self.query("SELECT grid_id FROM runs WHERE run_id = ?", [run_id])
+            if found.is_empty():
+                raise CatalogError(f"no run {run_id!r} in {self.path}: start it with Catalog.start_run first")
+            self._grids[run_id] = found.item(0, 0)
+        return self._grids[run_id]
+
+    @staticmethod
+    def _add_curves(con: duckdb.DuckDBPyConnection, gid: str, keys: np.ndarray) -> None:
+        """Compute and store the curves of θ_D keys this grid does not have yet (a few per batch at most)."""
+        if keys.size == 0:
+            return
+        con.register("batch_keys", pl.DataFrame({"theta_key": keys.astype(np.int32)}).to_arrow())
+        missing = con.execute(
+            "SELECT theta_key FROM batch_keys EXCEPT SELECT theta_key FROM debye_curve_library WHERE grid_id = ?",
+            [gid],
+        ).fetchall()
+        if not missing:
+            return
+        temperatures = np.asarray(
+            con.execute("SELECT temperatures FROM temperature_grids WHERE grid_id = ?", [gid]).fetchall()[0][0],
+            dtype=np.float64,
+        )
+        new_keys = np.array(sorted(k for (k,) in missing), dtype=np.int32)
+        curves = debye_curves(new_keys / THETA_KEY_SCALE, temperatures)
+        library = pl.DataFrame(
+            {
+                "grid_id": [gid] * len(new_keys),
+                "theta_key": new_keys,
+                **{q: pl.Series(q, list(curves[q]), dtype=pl.List(pl.Float32)) for q in ("cv", "u", "s", "f")},
+            }
+        )
+        con.register("batch_library", library.to_arrow())
+        con.execute("INSERT INTO debye_curve_library SELECT * FROM batch_library")
+
+
+def debye_curves(theta: np.ndarray, temperatures: np.ndarray) -> dict[str, np.ndarray]:
+    """Cv, U, S, F per mole of atoms for each θ_D (rows) on the grid (columns), from cloud_core.debye."""
+    import torch
+
+    from cloud_core.debye import debye_thermo
+
+    t = torch.as_tensor(theta, dtype=torch.float64)[:, None]
+    grid = torch.as_tensor(temperatures, dtype=torch.float64)[None, :]
+    thermo = debye_thermo(t, grid)
+    return {q: thermo[q].numpy().astype(np.float32) for q in ("cv", "u", "s", "f")}
+
+
+def _normalise(rows: pl.DataFrame) -> pl.DataFrame:
+    """Add the optional columns a batch may lack, and each candidate's element list."""
+    missing = {
+        "structure": pl.String,
+        "structure_format": pl.String,
+        "source": pl.String,
+        **dict.fromkeys(PREDICTION_VALUES, pl.Float32),
+    }
+    rows = rows.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in missing.items() if c not in rows.columns)
+    required = {"id", "candidate_id", "canonical_scope", "structure_hash", "formula", "spacegroup", "nsites", "scope"}
+    absent = required - set(rows.columns)
+    if absent:
+        raise ValueError(f"batch lacks columns {sorted(absent)}: encode with EncodeSettings(identify=True)")
+    # Elements from the canonical SCOPE's composition part ("... | Al 0.4 O 0.6"), already in canonical order.
+    elements = pl.col("canonical_scope").str.split(" | ").list.last().str.extract_all(r"[A-Z][a-z]?")
+    return rows.with_columns(elements.alias("elements"), pl.col("error").cast(pl.String))

@@ -1,0 +1,322 @@
+"""The `screen` flow: candidates -> SCOPE -> CLOUD predictions -> DuckDB catalog -> ranking, report, artifacts.
+
+Work moves in batches of thousands of candidates, never one task per structure. `score_batch` (encode in a
+process pool, then infer with a model loaded once per worker process) is cached by the batch's content, the
+encoder's fingerprint and the model's weights hash, so a rerun of the same candidates skips straight to the
+catalog. Two batches are in flight at once, so the next batch encodes (CPU) while this one infers (GPU or
+CPU). Only the flow writes to the catalog, batch by batch in short transactions, so `cloud-screen query` can
+read while a run writes, and a retried or resumed flow run (same run id) neither duplicates nor loses rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import deque
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from catalogs.catalog import Catalog
+from catalogs.ranking import RankingSpec, rank_run
+from cloud_core.structures import RawInput
+from flows.provenance import code_version, machine
+from flows.sources import SourceSpec, iter_batches
+
+TABLE_ARTIFACT_COLUMNS = (
+    "rank",
+    "formula",
+    "spacegroup",
+    "score",
+    "pareto",
+    "formation_energy_per_atom",
+    "band_gap",
+    "debye_temperature",
+    "cv_300K",
+    "candidate_id",
+)
+
+
+class TemperatureGrid(BaseModel):
+    """The temperatures of the stored Debye curves (Cv, U, S, F per atom): an even grid from start to stop."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: float = Field(10.0, gt=0, le=3000, description="First temperature, K.")
+    stop: float = Field(1000.0, gt=0, le=3000, description="Last temperature, K.")
+    points: int = Field(100, ge=2, le=1000, description="Number of temperatures.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TemperatureGrid:
+        if self.stop <= self.start:
+            raise ValueError(f"stop ({self.stop}) must be above start ({self.start})")
+        return self
+
+    def values(self) -> list[float]:
+        return [float(t) for t in np.linspace(self.start, self.stop, self.points)]
+
+
+class CandidateBatch(BaseModel):
+    """One unit of work: raw candidates and a key that names their content (for the task cache)."""
+
+    index: int
+    raws: list[dict[str, Any]]
+    key: str
+
+    @classmethod
+    def of(cls, index: int, raws: list[RawInput]) -> CandidateBatch:
+        digest = hashlib.sha256()
+        for raw in raws:
+            digest.update(f"{raw.id}\x1f{raw.source}\x1f{raw.fmt}\x1f{raw.error}\x1f{raw.text}\x1e".encode())
+        rows = [{"id": r.id, "source": r.source, "fmt": r.fmt, "text": r.text, "error": r.error} for r in raws]
+        return cls(index=index, raws=rows, key=digest.hexdigest()[:24])
+
+    def raw_inputs(self) -> list[RawInput]:
+        return [RawInput(**r) for r in self.raws]
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+
+_bundles: dict[tuple[str, str], Any] = {}
+_bundles_lock = threading.Lock()
+
+
+def load_model(model: str, device: str):
+    """The model bundle, loaded once per worker process and device."""
+    from cloud_core.bundle import load_bundle
+    from cloud_core.train import pick_device
+
+    torch_device = pick_device(device)
+    with _bundles_lock:
+        if (model, str(torch_device)) not in _bundles:
+            _bundles[(model, str(torch_device))] = load_bundle(model, torch_device)
+        return _bundles[(model, str(torch_device))], torch_device
+
+
+def model_fingerprint(model: str) -> dict[str, Any]:
+    """Model id, weights hash and card without loading the weights (for caching and provenance)."""
+    import json
+
+    from cloud_core.bundle import resolve
+
+    card = json.loads((resolve(model) / "card.json").read_text())
+    return {"id": card.get("name", model), "hash": card["weights_sha256"], "card": card}
+
+
+def _score_cache_key(context, parameters: dict[str, Any]) -> str:
+    from cloud_core.datasets import encoder_fingerprint
+
+    model_hash = model_fingerprint(parameters["model"])["hash"]
+    return f"score-{parameters['batch'].key}-{encoder_fingerprint()}-{model_hash[:16]}"
+
+
+@task(
+    name="score-batch",
+    task_run_name="score-batch-{batch.index}",
+    cache_key_fn=_score_cache_key,
+    cache_expiration=timedelta(days=30),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=2,
+)
+def score_batch(batch: CandidateBatch, model: str, device: str, inference_batch: int, workers: int) -> pl.DataFrame:
+    """Encode a batch (process pool) and predict it (one model per worker); one row per candidate."""
+    from cloud_core.encode import EncodeSettings, encode_stream
+    from cloud_core.pipeline import predict_frame
+
+    bundle, torch_device = load_model(model, device)
+    variant = bundle.card.get("settings", {}).get("variant", "detailed")
+    raws = batch.raw_inputs()
+    settings = EncodeSettings(variant=variant, identify=True)
+    started = time.perf_counter()
+    encoded = pl.concat(list(encode_stream(raws, settings, workers=workers, chunk_size=256)))
+    encoded_at = time.perf_counter()
+    predicted = predict_frame(bundle, encoded, torch_device, inference_batch)
+    return predicted.with_columns(
+        pl.Series("structure", [r.text for r in raws], dtype=pl.String),
+        pl.Series("structure_format", [r.fmt if r.text is not None else None for r in raws], dtype=pl.String),
+        pl.lit(encoded_at - started).alias("encode_s"),
+        pl.lit(time.perf_counter() - encoded_at).alias("infer_s"),
+    )
+
+
+@task(name="write-batch", task_run_name="write-batch-{index}", retries=3, retry_delay_seconds=2)
+def write_batch(catalog: str, run_id: str, rows: pl.DataFrame, index: int) -> dict[str, int]:
+    """Append one scored batch to the catalog (idempotent per run and candidate)."""
+    counts = Catalog(catalog).append(run_id, rows.drop("encode_s", "infer_s"))
+    return {
+        "candidates_new": counts.candidates_new,
+        "predictions_new": counts.predictions_new,
+        "failures_new": counts.failures_new,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ flow
+
+
+class ScreenResult(BaseModel):
+    run_id: str
+    catalog: str
+    counts: dict[str, int]
+    timings: dict[str, float]
+    report: str | None
+    top: list[dict[str, Any]]
+
+
+@flow(name="screen", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def screen(
+    catalog: Annotated[str, Field(description="The DuckDB catalog file (created if missing).")] = "catalog.duckdb",
+    source: Annotated[SourceSpec, Field(description="Where the candidates come from.")] = SourceSpec(),  # noqa: B008
+    ranking: Annotated[RankingSpec, Field(description="Filters, objectives, Pareto front, top-k.")] = RankingSpec(),  # noqa: B008
+    top_k: Annotated[int | None, Field(ge=1, description="Overrides the ranking's top_k when set.")] = None,
+    model: Annotated[str, Field(description="Model bundle: a shipped name or a folder.")] = "default",
+    device: Annotated[Literal["auto", "cpu", "cuda"], Field(description="auto uses CUDA when present.")] = "auto",
+    batch_size: Annotated[int, Field(ge=16, le=1_000_000, description="Candidates per task.")] = 2048,
+    inference_batch: Annotated[int, Field(ge=1, le=65536, description="SCOPE strings per model call.")] = 1024,
+    encode_workers: Annotated[int, Field(ge=0, le=256, description="Encoder processes; 0 = all cores.")] = 0,
+    temperatures: Annotated[TemperatureGrid, Field(description="Debye curve grid.")] = TemperatureGrid(),  # noqa: B008
+    report: Annotated[bool, Field(description="Write an HTML report next to the catalog.")] = True,
+) -> ScreenResult:
+    """Screen candidates with the CLOUD model into a DuckDB catalog and rank them."""
+    from cloud_core.encode import default_workers
+
+    logger = get_run_logger()
+    started = time.perf_counter()
+    if top_k is not None:
+        ranking = RankingSpec.parse({**ranking.model_dump(), "top_k": top_k})
+    workers = encode_workers or default_workers()
+    fingerprint = model_fingerprint(model)
+    store = Catalog(catalog)
+    run_id = store.start_run(
+        flow="screen",
+        run_id=str(flow_run.id) if flow_run.id else None,
+        source=source.label(),
+        parameters={
+            "source": source.model_dump(),
+            "ranking": ranking.model_dump(),
+            "model": model,
+            "device": device,
+            "batch_size": batch_size,
+            "temperatures": temperatures.model_dump(),
+        },
+        model={"id": fingerprint["id"], "hash": fingerprint["hash"], "card": _card_summary(fingerprint["card"])},
+        code_version=code_version(),
+        host=machine()["host"],
+        device=machine(device)["device"],
+        temperatures=temperatures.values(),
+    )
+    logger.info("run %s -> %s", run_id, catalog)
+    progress = create_progress_artifact(0.0, key="screen-progress", description=f"Screening into {catalog}")
+    expected = source.count if source.kind == "demo" else None
+    counts = {"candidates": 0, "predicted": 0, "failed": 0, "candidates_new": 0, "predictions_new": 0}
+    timings = {"encode_s": 0.0, "infer_s": 0.0, "write_s": 0.0}
+
+    def drain(pending: deque) -> None:
+        _, future = pending.popleft()
+        rows = future.result()
+        timings["encode_s"] += float(rows["encode_s"][0]) if rows.height else 0.0
+        timings["infer_s"] += float(rows["infer_s"][0]) if rows.height else 0.0
+        t = time.perf_counter()
+        written = write_batch(catalog, run_id, rows, counts["batches_written"])
+        timings["write_s"] += time.perf_counter() - t
+        counts["batches_written"] += 1
+        counts["candidates"] += rows.height
+        failed = int((rows["candidate_id"].is_null() | rows["error"].is_not_null()).sum())
+        counts["failed"] += failed
+        counts["predicted"] += rows.height - failed
+        counts["candidates_new"] += written["candidates_new"]
+        counts["predictions_new"] += written["predictions_new"]
+        if expected:
+            update_progress_artifact(progress, min(100.0, 100.0 * counts["candidates"] / expected))
+        logger.info("%d candidates scored and stored", counts["candidates"])
+
+    counts["batches_written"] = 0
+    pending: deque = deque()
+    for index, raws in enumerate(iter_batches(source, batch_size)):
+        batch = CandidateBatch.of(index, raws)
+        pending.append((batch, score_batch.submit(batch, model, device, inference_batch, workers)))
+        if len(pending) >= 2:  # the next batch encodes while this one is written
+            drain(pending)
+    while pending:
+        drain(pending)
+    update_progress_artifact(progress, 100.0)
+
+    t = time.perf_counter()
+    ranked = rank_run(store, run_id, ranking)
+    timings["rank_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+    store.finish_run(run_id, "completed", counts=counts, timings=timings)
+
+    report_path = None
+    if report:
+        from catalogs.export import write_run_report
+
+        report_path = str(write_run_report(store, report_path_for(catalog, run_id), run_id))
+    top = _artifact_rows(ranked, ranking.top_k)
+    create_table_artifact(top, key="screen-top", description=f"Top {len(top)} candidates of run {run_id}")
+    create_markdown_artifact(
+        _summary_markdown(run_id, catalog, source, counts, timings, report_path, ranked, ranking),
+        key="screen-summary",
+        description="Screen summary",
+    )
+    return ScreenResult(run_id=run_id, catalog=catalog, counts=counts, timings=timings, report=report_path, top=top)
+
+
+def report_path_for(catalog: str, run_id: str) -> Path:
+    path = Path(catalog)
+    return path.parent / f"{path.stem}_reports" / f"{run_id}.html"
+
+
+def _card_summary(card: dict[str, Any]) -> dict[str, Any]:
+    keep = ("name", "created", "code_version", "training_command", "data", "metrics", "vocabulary_hash", "settings")
+    return {k: card[k] for k in keep if k in card}
+
+
+def _artifact_rows(ranked: pl.DataFrame, top_k: int) -> list[dict[str, Any]]:
+    columns = [c for c in TABLE_ARTIFACT_COLUMNS if c in ranked.columns]
+    rows = ranked.filter(pl.col("rank") <= top_k).select(columns)
+    return [
+        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in rows.iter_rows(named=True)
+    ]
+
+
+def _summary_markdown(
+    run_id: str,
+    catalog: str,
+    source: SourceSpec,
+    counts: dict[str, int],
+    timings: dict[str, float],
+    report_path: str | None,
+    ranked: pl.DataFrame,
+    ranking: RankingSpec,
+) -> str:
+    lines = [
+        f"# Screen {run_id}",
+        "",
+        f"- source: `{source.label()}`",
+        f"- catalog: `{catalog}`",
+        f"- candidates: {counts['candidates']} ({counts['predicted']} predicted, {counts['failed']} failed); "
+        f"{counts['candidates_new']} new to the catalog",
+        f"- ranking `{ranking.name}`: {int((ranked['rank'] <= ranking.top_k).sum())} in the top-k, "
+        f"{int(ranked['pareto'].sum())} on the Pareto front",
+        "- timings: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in timings.items()),
+        f"- report: `{report_path}`" if report_path else "- report: not written",
+        "",
+        f"Query it: `cloud-screen query --catalog {catalog} \"SELECT * FROM ranked WHERE run_id = '{run_id}' "
+        'ORDER BY rank LIMIT 20"`',
+    ]
+    return "\n".join(lines)

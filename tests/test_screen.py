@@ -1,0 +1,95 @@
+"""The `screen` flow end to end on real parts: generated candidates, real spglib/moyopy, the shipped model,
+a real DuckDB catalog and a real (test) Prefect server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from catalogs.ranking import RankingSpec
+from flows.sources import SourceSpec, iter_batches, parse_source
+
+
+def test_sources_parse_and_batch(tmp_path):
+    assert parse_source("demo", 50) == SourceSpec(kind="demo", count=50)
+    assert parse_source("mp:Li-Fe-O").mp_query == "Li-Fe-O"
+    assert parse_source("a.cif,b/").paths == ["a.cif", "b/"]
+    batches = list(iter_batches(SourceSpec(count=45), batch_size=20))
+    assert [len(b) for b in batches] == [20, 20, 5]
+    assert len({r.id for b in batches for r in b}) == 45  # distinct substitutions
+    (tmp_path / "bad.cif").write_text("not a cif")
+    (raw,) = next(iter_batches(SourceSpec(kind="files", paths=[str(tmp_path)]), 10))
+    assert raw.id == "bad" and raw.fmt == "cif"
+    with pytest.raises(ValueError, match="needs at least one path"):
+        SourceSpec(kind="files")
+
+
+def test_screen_flow_stores_ranks_reports_and_caches(tmp_path, prefect_harness):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.screen import screen
+
+    catalog = tmp_path / "screen.duckdb"
+    ranking = RankingSpec.parse({"filters": {"ranges": {"formation_energy_per_atom": {"max": 0}}}, "top_k": 8})
+    first = screen(catalog=str(catalog), source=SourceSpec(count=120), ranking=ranking, batch_size=50)
+    assert first.counts["candidates"] == 120 and first.counts["batches_written"] == 3
+    con = duckdb.connect(str(catalog), read_only=True)
+    try:
+        stored = con.execute(
+            "SELECT count(*), count(DISTINCT candidate_id) FROM predictions WHERE run_id = ?", [first.run_id]
+        ).fetchall()[0]
+        run = con.execute(
+            "SELECT status, model_hash, code_version, grid_id FROM runs WHERE run_id = ?", [first.run_id]
+        ).fetchall()[0]
+        top = con.execute("SELECT count(*) FROM rankings WHERE run_id = ? AND rank <= 8", [first.run_id]).fetchall()
+    finally:
+        con.close()
+    assert stored == (first.counts["predicted"], first.counts["predicted"]) and stored[0] >= 115
+    assert run[0] == "completed" and len(run[1]) == 64 and run[2] and run[3]
+    assert top[0][0] == 8 and len(first.top) == 8
+    assert all(row["formation_energy_per_atom"] <= 0 for row in first.top)
+    assert Path(first.report).exists() and Path(first.report).stat().st_size > 100_000
+
+    # the same candidates again: scored from the task cache, stored once more under the new run only
+    second = screen(catalog=str(catalog), source=SourceSpec(count=120), ranking=ranking, batch_size=50)
+    assert second.counts["candidates_new"] == 0 and second.counts["predictions_new"] == first.counts["predicted"]
+    assert second.timings["encode_s"] == first.timings["encode_s"]  # cached results carry the first timings
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["screen-top", "screen-summary"]))
+            )
+
+    import asyncio
+
+    kinds = {(a.key, a.type) for a in asyncio.run(artifacts())}
+    assert {("screen-top", "table"), ("screen-summary", "markdown")} <= kinds
+
+
+@pytest.mark.slow
+def test_screen_command_prints_ranked_table(tmp_path):
+    """What README's first command runs, in a fresh Prefect home (ephemeral server, no key, no network)."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    cli = [sys.executable, "-m", "flows.cli", "screen", "--catalog", str(tmp_path / "demo.duckdb")]
+    done = subprocess.run([*cli, "--count", "200", "--top", "5"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "200 candidates: " in done.stderr and "rank" in done.stdout
+    ranked = pl.read_database("SELECT * FROM ranked", duckdb.connect(str(tmp_path / "demo.duckdb"), read_only=True))
+    assert ranked.filter(pl.col("rank") <= 5).height == 5
+    # a broken spec is one line, before any work starts
+    (tmp_path / "bad.yaml").write_text("objectives: [{property: nope, direction: up}]\n")
+    bad = subprocess.run([*cli, "--rank", str(tmp_path / "bad.yaml")], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "objectives.0" in bad.stderr
+    # no key for the Materials Project: one line that says how to get one
+    env.pop("MP_API_KEY", None)
+    nokey = subprocess.run([*cli, "--source", "mp:Li-Fe-O"], capture_output=True, text=True, env=env)
+    assert nokey.returncode == 1 and "MP_API_KEY" in nokey.stderr and nokey.stderr.count("\n") == 1
