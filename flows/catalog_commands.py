@@ -21,6 +21,7 @@ def query(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write here, not to stdout (parquet needs it).")
     ] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait while a writer holds the catalog.")] = 10.0,
 ) -> None:
     """Query the catalog with SQL on a read-only connection."""
     from catalogs.catalog import Catalog, CatalogError
@@ -30,7 +31,7 @@ def query(
     if format == "parquet" and out is None:
         fail("--format parquet needs --out FILE")
     try:
-        frame = Catalog(catalog, lock_timeout=10).query(sql)
+        frame = Catalog(catalog, lock_timeout=wait).query(sql)
     except CatalogError as exc:
         fail(str(exc))
     if format in ("csv", "table"):

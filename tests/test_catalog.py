@@ -150,7 +150,7 @@ def test_second_writer_gets_one_line_naming_the_holder(tmp_path):
         assert "\n" not in message
         # the command line says the same in one line, exit status 1
         cli = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "query", "--catalog", str(path), "SELECT 1"],
+            [sys.executable, "-m", "flows.cli", "query", "--catalog", str(path), "--wait", "0.5", "SELECT 1"],
             capture_output=True,
             text=True,
             timeout=120,
@@ -342,3 +342,14 @@ def test_query_command_formats(tmp_path, scored):
     refused = cli("DELETE FROM predictions")
     assert refused.returncode == 1 and "read-only" in refused.stderr.lower() and refused.stderr.count("\n") == 1
     assert snapshot(cat.path) == before
+
+
+def test_readme_spec_example_is_valid():
+    import yaml
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Ranking", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = RankingSpec.parse(yaml.safe_load(block))
+    assert spec.filters.thermo[0].temperature == 500 and spec.objectives[0].bound == "confidence"
