@@ -14,17 +14,13 @@ from typing import Annotated
 
 import typer
 
+from flows.console import fail
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="cloud-screen: high-throughput screening of crystals with the CLOUD model.",
 )
-
-
-def fail(message: str) -> None:
-    """Stop the command with one line that says what went wrong and what to do."""
-    typer.echo(f"cloud-screen: error: {message}", err=True)
-    raise typer.Exit(1)
 
 
 @app.callback()
@@ -170,14 +166,25 @@ class _progress:
             self._bar.stop()
 
 
-def _register_model_commands() -> None:
-    from flows import model_commands
+def _register_commands() -> None:
+    from flows import catalog_commands, deployments, model_commands
 
-    for command in (model_commands.predict, model_commands.train, model_commands.evaluate):
+    for command in (
+        model_commands.predict,
+        model_commands.train,
+        model_commands.evaluate,
+        catalog_commands.screen,
+        catalog_commands.query,
+        catalog_commands.rank,
+        catalog_commands.export,
+        catalog_commands.report,
+        catalog_commands.migrate,
+        deployments.serve,
+    ):
         app.command()(command)
 
 
-_register_model_commands()
+_register_commands()
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,130 @@
+"""The `train` and `evaluate` flows: the model commands as Prefect flows, with typed parameters (UI forms).
+
+Thin wrappers around `cloud_core.train.train` and `cloud_core.evaluate.evaluate_bundle`: the flow adds the form,
+logging, and a markdown artifact with the test-split metrics table.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
+
+Device = Literal["auto", "cpu", "cuda"]
+Variant = Literal["official", "canonical", "detailed"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def document_parameters(fn: F) -> F:
+    """Append an `Args:` section built from the parameters' `Field(description=...)` to the docstring.
+
+    Prefect's UI form takes top-level parameter descriptions from the docstring's Args section (Google style),
+    not from `Annotated[..., Field(description=...)]`; this keeps the descriptions in one place. Put it under
+    `@flow`.
+    """
+    lines = []
+    for name, annotation in inspect.get_annotations(fn, eval_str=True).items():
+        if get_origin(annotation) is not Annotated:
+            continue
+        description = next((getattr(m, "description", None) for m in get_args(annotation)[1:]), None)
+        if description:
+            lines.append(f"    {name}: {description}")
+    if lines:
+        fn.__doc__ = (inspect.cleandoc(fn.__doc__ or "") + "\n\nArgs:\n" + "\n".join(lines)).strip()
+    return fn
+
+
+def _data_dir(data: str) -> Path:
+    """The shared data folder: `data` when given, else the default (../shared/data or $CLOUD_SCREEN_DATA)."""
+    from cloud_core.datasets import default_data_dir
+
+    path = Path(data) if data else default_data_dir()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder (set `data` to the shared data, e.g. ../shared/data)")
+    return path
+
+
+def _metrics_artifact(metrics: dict[str, Any], title: str, key: str) -> None:
+    """Publish the metrics table (markdown) as a flow-run artifact."""
+    from cloud_core.evaluate import metrics_markdown
+
+    header = (
+        f"# {title}\n\n- bundle: `{metrics.get('bundle')}`\n- weights: `{metrics.get('weights_sha256', '')[:16]}`\n\n"
+    )
+    create_markdown_artifact(header + metrics_markdown(metrics), key=key, description=title)
+
+
+@flow(name="train", log_prints=True)
+@document_parameters
+def train(
+    out: Annotated[str, Field(description="Folder for the trained bundle.")] = "models/trained",
+    data: Annotated[str, Field(description="Shared data folder; empty: ../shared/data or $CLOUD_SCREEN_DATA.")] = "",
+    variant: Annotated[Variant, Field(description="SCOPE variant the model reads.")] = "detailed",
+    composition_only: Annotated[bool, Field(description="Baseline: read only the composition part.")] = False,
+    device: Annotated[Device, Field(description="auto uses CUDA when present.")] = "auto",
+    seed: Annotated[int, Field(description="Seed for weights, masking and batch order.")] = 0,
+    n_layer: Annotated[int, Field(ge=1, le=48, description="Transformer layers.")] = 4,
+    n_head: Annotated[int, Field(ge=1, le=64, description="Attention heads.")] = 4,
+    d_model: Annotated[int, Field(ge=16, le=4096, description="Model width (a multiple of n_head).")] = 256,
+    pretrain_epochs: Annotated[int, Field(ge=0, description="Masked-token pre-training epochs.")] = 3,
+    finetune_epochs: Annotated[int, Field(ge=1, description="Fine-tuning epochs (early stopping).")] = 40,
+    batch_size: Annotated[int, Field(ge=1, description="Strings per training batch.")] = 128,
+    lr: Annotated[float, Field(gt=0, description="Peak learning rate.")] = 5e-4,
+    threads: Annotated[int, Field(ge=0, description="CPU threads for torch; 0 = all.")] = 0,
+    name: Annotated[str, Field(description="Name written into the model card.")] = "cloud-screen",
+) -> dict[str, Any]:
+    """Pre-train and fine-tune a CLOUD model on the shared data; writes a bundle with its test metrics."""
+    from cloud_core.train import TrainSettings
+    from cloud_core.train import train as run_training
+
+    settings = TrainSettings(
+        variant=variant,
+        composition_only=composition_only,
+        seed=seed,
+        device=device,
+        threads=threads,
+        n_layer=n_layer,
+        n_head=n_head,
+        d_model=d_model,
+        pretrain_epochs=pretrain_epochs,
+        finetune_epochs=finetune_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        data_dir=str(_data_dir(data)),
+        out=out,
+        name=name,
+    )
+    folder = run_training(settings)
+    metrics = json.loads((folder / "card.json").read_text()).get("metrics", {})
+    get_run_logger().info("bundle written to %s", folder)
+    if metrics:
+        _metrics_artifact(metrics, f"Trained model {name}", "train-metrics")
+    return {"bundle": str(folder), "metrics": metrics}
+
+
+@flow(name="evaluate", log_prints=True)
+@document_parameters
+def evaluate(
+    model: Annotated[str, Field(description="Model bundle: a shipped name or a folder.")] = "default",
+    data: Annotated[str, Field(description="Shared data folder; empty: ../shared/data or $CLOUD_SCREEN_DATA.")] = "",
+    out: Annotated[str, Field(description="JSON file for the metrics; empty: artifact only.")] = "",
+    baseline: Annotated[str, Field(description="Composition-only bundle to report alongside; empty: none.")] = "",
+    device: Annotated[Device, Field(description="auto uses CUDA when present.")] = "auto",
+) -> dict[str, Any]:
+    """Test-split metrics per task for a model bundle, with baselines; a markdown table as an artifact."""
+    from cloud_core.evaluate import evaluate_bundle
+
+    metrics = evaluate_bundle(model, _data_dir(data), device=device, baseline_path=baseline or None)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+        get_run_logger().info("metrics written to %s", path)
+    _metrics_artifact(metrics, f"Evaluation of {model}", "evaluate-metrics")
+    return metrics
