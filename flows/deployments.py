@@ -3,7 +3,8 @@
 `prefect.yaml` at the project root is the one source of truth for deployment names, schedules and default
 parameters. `prefect deploy --all` registers them for a `process` work pool (run by `prefect worker start`);
 `cloud-screen serve` reads the same file and serves them from one process without a work pool or worker.
-Either way, flow runs execute in the project folder, so relative paths in parameters mean the same thing.
+Relative paths in parameters (catalogs, bundles) resolve against $CLOUD_SCREEN_HOME when it is set; otherwise
+against the project checkout for work-pool runs and the current folder for served runs.
 """
 
 from __future__ import annotations
@@ -60,14 +61,19 @@ def load_flow(entrypoint: str):
     return getattr(importlib.import_module(module), name)
 
 
-def schedules_of(spec: dict[str, Any]) -> list[Any]:
-    """The `schedules` of a prefect.yaml deployment as Prefect schedule objects (cron, interval or rrule)."""
+def schedules_of(spec: dict[str, Any]) -> list[Any] | None:
+    """The `schedules` of a prefect.yaml deployment as Prefect schedule objects (cron, interval or rrule).
+
+    None when the deployment names no `schedules` (as with `prefect deploy`: the server keeps what it has).
+    """
     from datetime import timedelta
 
     from prefect.schedules import Cron, Interval, RRule
 
+    if spec.get("schedules") is None:
+        return None
     result = []
-    for entry in spec.get("schedules") or []:
+    for entry in spec["schedules"]:
         options = {
             "timezone": entry.get("timezone"),
             "active": entry.get("active", True),
@@ -122,7 +128,11 @@ def serve(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Most flow runs at once (default: no limit).")] = None,
 ) -> None:
-    """Serve the deployments of prefect.yaml (schedules included) to the Prefect server at PREFECT_API_URL."""
+    """Serve the deployments of prefect.yaml (schedules included) to the Prefect server at PREFECT_API_URL.
+
+    Flow runs execute in $CLOUD_SCREEN_HOME when set, else in the current folder: relative paths in parameters
+    (catalogs, bundles) are relative to it.
+    """
     from prefect import serve as prefect_serve
 
     from flows.cli import fail
@@ -137,5 +147,7 @@ def serve(
         deployments = [runner_deployment(spec) for spec in read_deployments(config)]
     except (ValueError, ImportError, AttributeError) as exc:
         fail(f"cannot read the deployments of {config}: {exc}")
-    typer.echo(f"serving {', '.join(d.name for d in deployments)} from {config}", err=True)
+    if os.environ.get(HOME_ENV):
+        project_directory()
+    typer.echo(f"serving {', '.join(d.name for d in deployments)} from {config} in {Path.cwd()}", err=True)
     prefect_serve(*deployments, limit=limit)

@@ -22,18 +22,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-pytestmark = [pytest.mark.ui, pytest.mark.slow, pytest.mark.timeout(420)]
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 COUNT = 150  # demo candidates of the UI-triggered run
 BATCH_SIZE = 64  # several batches, so the run exercises the encode/infer overlap
 T = TypeVar("T")
@@ -111,6 +101,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": api,  # otherwise the UI talks to :4200
+        "PREFECT_SERVER_UI_V2_ENABLED": "true",  # the UI new users see (the test drives its forms)
         "PREFECT_UI_ENABLED": "true",
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
@@ -177,19 +168,9 @@ def _flow_runs(api: str, deployment_id: str, state_type: str | None = None) -> l
     return response.json()
 
 
-def _property_input(page, label: str):
-    """The input (or textarea) of the schema-form property labelled `label` ("count" matches "Count (Optional)")."""
-    title = page.locator(
-        ".schema-form-property__label", has_text=re.compile(rf"^\s*{label}(\s*\(Optional\))?\s*$", re.I)
-    )
-    if title.count() != 1:
-        raise AssertionError(
-            f"{title.count()} form properties labelled {label!r}; page text:\n{page.inner_text('body')}"
-        )
-    prop = title.locator(
-        "xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' schema-form-property ')][1]"
-    )
-    return prop.locator("input, textarea").first
+def _field(page, label: str):
+    """The form control labelled `label` ("count" matches "Count (Optional)"), from the UI's label elements."""
+    return page.get_by_label(re.compile(rf"^\s*{re.escape(label)}(\s*\(Optional\))?\s*$", re.I), exact=True)
 
 
 def _screenshot(page, path: Path) -> None:
@@ -216,6 +197,25 @@ def _catalog_counts(catalog: Path, run_id: str) -> dict[str, Any]:
     return _wait_for(read, 60, f"a read-only connection to {catalog}", interval=0.5)
 
 
+def test_serve_reads_the_deployments_of_prefect_yaml() -> None:
+    """`cloud-screen serve` serves what prefect.yaml declares: same names, schedules and default parameters."""
+    from flows.deployments import project_root, read_deployments, runner_deployment
+
+    specs = {spec["name"]: spec for spec in read_deployments(project_root() / "prefect.yaml")}
+    assert set(specs) == {"screen-nightly", "screen-on-demand", "train", "evaluate"}
+    served = {spec["name"]: runner_deployment(spec) for spec in specs.values()}
+    for name, deployment in served.items():
+        assert deployment.parameters == specs[name]["parameters"], name
+        assert deployment.entrypoint.startswith("flows."), deployment.entrypoint  # importable from any folder
+    nightly = served["screen-nightly"].schedules
+    assert [(s.schedule.cron, s.schedule.timezone) for s in nightly] == [("0 2 * * *", "UTC")]
+    assert not served["screen-on-demand"].schedules
+    assert specs["screen-nightly"]["work_pool"]["name"] == "cloud-screen-process"
+
+
+@pytest.mark.ui
+@pytest.mark.slow
+@pytest.mark.timeout(420)
 def test_nightly_schedule_creates_scheduled_runs(served: dict[str, Any]) -> None:
     deployment_id = _deployment_id(served["api"], "screen/screen-nightly")
     scheduled = _wait_for(
@@ -225,6 +225,9 @@ def test_nightly_schedule_creates_scheduled_runs(served: dict[str, Any]) -> None
     assert scheduled[0]["parameters"]["catalog"] == "screen-nightly.duckdb"
 
 
+@pytest.mark.ui
+@pytest.mark.slow
+@pytest.mark.timeout(420)
 def test_custom_run_from_the_ui_fills_the_catalog(served: dict[str, Any], tmp_path: Path) -> None:
     import httpx
 
@@ -240,26 +243,26 @@ def test_custom_run_from_the_ui_fills_the_catalog(served: dict[str, Any], tmp_pa
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(30_000)
-            page.goto(f"{ui}/deployments")
+            page.goto(ui)  # the default UI (V2)
+            page.get_by_role("link", name="Deployments", exact=True).click()
             page.get_by_role("link", name="screen-on-demand", exact=True).click()
             page.get_by_role("button", name="Run", exact=True).click()
-            page.get_by_text("Custom run", exact=True).click()
+            page.get_by_role("menuitem", name="Custom run").click()
             page.get_by_role("heading", name="Parameters").wait_for()
 
-            _property_input(page, "catalog").fill(str(catalog))
-            _property_input(page, "count").fill(str(COUNT))
-            _property_input(page, "batch_size").fill(str(BATCH_SIZE))
+            _field(page, "catalog").fill(str(catalog))
+            _field(page, "count").fill(str(COUNT))
+            _field(page, "batch_size").fill(str(BATCH_SIZE))
             _screenshot(page, artifacts / "ui-custom-run-form.png")
 
             page.get_by_role("button", name="Submit", exact=True).click()
-            run = _wait_for(
-                lambda: next(
-                    (r for r in _flow_runs(api, deployment_id) if r["parameters"].get("catalog") == str(catalog)), None
-                ),
-                30,
-                f"the flow run submitted from the form; page text:\n{page.inner_text('body')[:2000]}",
-            )
-            run_id = run["id"]
+            page.get_by_text("View run", exact=True).click()  # the toast that confirms the new run
+            page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
+            run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
+            run_page = page.url
+
+            run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+            assert run["deployment_id"] == deployment_id, run
             assert run["parameters"]["catalog"] == str(catalog), run["parameters"]
             assert run["parameters"]["source"]["count"] == COUNT, run["parameters"]
             assert run["parameters"]["batch_size"] == BATCH_SIZE, run["parameters"]
@@ -269,9 +272,14 @@ def test_custom_run_from_the_ui_fills_the_catalog(served: dict[str, Any], tmp_pa
                 return state if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
             state = _wait_for(finished, 240, f"flow run {run_id} to finish (serve log: {served['serve_log']})", 2)
-            page.goto(f"{ui}/runs/flow-run/{run_id}")
+            page.goto(run_page)
             page.get_by_text(state["name"]).first.wait_for(timeout=15_000)
             _screenshot(page, artifacts / "ui-flow-run-finished.png")
+        except Exception:
+            if "page" in locals():
+                page.screenshot(path=str(artifacts / "ui-failure.png"))
+                print(f"page {page.url} at the failure:\n{page.inner_text('body')[:5000]}")
+            raise
         finally:
             browser.close()
 
