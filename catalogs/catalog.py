@@ -423,10 +423,15 @@ def debye_curves(theta: np.ndarray, temperatures: np.ndarray) -> dict[str, np.nd
 
     from cloud_core.debye import debye_thermo
 
-    t = torch.as_tensor(theta, dtype=torch.float64)[:, None]
     grid = torch.as_tensor(temperatures, dtype=torch.float64)[None, :]
-    thermo = debye_thermo(t, grid)
-    return {q: thermo[q].numpy().astype(np.float32) for q in ("cv", "u", "s", "f")}
+    theta = torch.as_tensor(theta, dtype=torch.float64)
+    parts: dict[str, list[np.ndarray]] = {q: [] for q in ("cv", "u", "s", "f")}
+    # 64 θ_D at a time: the quadrature's temporaries are (θ_D, T, nodes), so one call for 15k θ_D allocates GBs.
+    for chunk in torch.split(theta, 64):
+        thermo = debye_thermo(chunk[:, None], grid)
+        for q, values in parts.items():
+            values.append(thermo[q].numpy().astype(np.float32))
+    return {q: np.concatenate(v) if v else np.zeros((0, grid.shape[1]), np.float32) for q, v in parts.items()}
 
 
 def _normalise(rows: pl.DataFrame) -> pl.DataFrame:

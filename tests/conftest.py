@@ -9,6 +9,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 REFERENCE = SHARED_DATA / "cloud_reference"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package, driven by Playwright (no `playwright install`)
+# This network refuses Chromium's own background connections; these flags stop it from trying.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def shared_file(name: str) -> Path:

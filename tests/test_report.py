@@ -14,17 +14,8 @@ import polars as pl
 import pytest
 
 from catalogs.report import MAX_CURVES, write_report
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = Path("/usr/bin/chromium")
-# This network refuses Chromium's own background connections; these flags stop it from trying.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 HOSTILE_ID = "<script>alert(1)</script>"
 HOSTILE_FORMULA = "<img src=x onerror=alert(2)>"
 OBJECTIVES = ["band_gap", "debye_temperature"]
