@@ -4,15 +4,29 @@ Every write is a short transaction on a connection opened for it and closed afte
 read (`cloud-screen query`) between a run's batches; a process that finds the file locked waits up to
 `lock_timeout` seconds and then stops with one line naming the process that holds it. Appends are idempotent
 per (run_id, candidate_id): rows already in the catalog are skipped by an anti-join, so a resumed or repeated
-run neither duplicates nor loses a row, and candidates are shared across runs.
+run neither duplicates nor loses a row, and candidates are shared across runs. Each open waits for the lock is
+added up in `lock_wait_s` (the screen flow reports it in the run's timings).
+
+A write that fails (disk full, I/O error) is rolled back and raised as a one-line `CatalogError`; what earlier
+transactions stored stays readable.
+
+Interrupted runs: the process that runs a run holds an advisory lock (POSIX `lockf`) on a small file
+`<catalog>.runs/<hash of run id>.lock` from `start_run` to `finish_run`. The kernel drops it when the process
+ends, however it ends (kill -9, power cut of a local machine, crash), and a fork (an encoder worker) does not
+inherit it. So a `running` row whose lock nobody holds belongs to a process that is gone: `start_run` (and
+`mark_interrupted`) mark such rows `interrupted`, with a message that says how to resume; a run is resumed by
+calling `start_run` with its run id (which refuses while another live process still runs it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -27,11 +41,14 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from catalogs.schema import MIGRATIONS, PREDICTION_VALUES, SCHEMA_VERSION, THETA_KEY_SCALE, VIEWS
+from catalogs.schema import ELEMENTS, MIGRATIONS, PREDICTION_VALUES, SCHEMA_VERSION, THETA_KEY_SCALE, VIEWS
 
 DEFAULT_TEMPERATURES = tuple(float(t) for t in np.linspace(10.0, 1000.0, 100))  # K: 10, 20, ..., 1000
 
 _process_locks: dict[Path, threading.RLock] = {}  # one DuckDB configuration per file per process
+# Runs this process is running: (catalog file, run id) -> the open lock file whose lockf lock says so.
+_held_runs: dict[tuple[Path, str], int] = {}
+_held_runs_lock = threading.Lock()
 
 
 class CatalogError(RuntimeError):
@@ -91,6 +108,8 @@ class Catalog:
         self.lock_timeout = lock_timeout
         self._migrated = False
         self._grids: dict[str, str] = {}  # run_id -> grid_id, for appends
+        self.lock_wait_s = 0.0  # seconds this object waited for another process's lock on the file
+        self.lock_waits = 0  # opens that had to wait
 
     # ------------------------------------------------------------------ connections
 
@@ -114,25 +133,52 @@ class Catalog:
                     try:
                         yield con
                     except BaseException:
-                        con.execute("ROLLBACK")
+                        with contextlib.suppress(duckdb.Error):  # a failed write may have ended it already
+                            con.execute("ROLLBACK")
                         raise
                     con.execute("COMMIT")
                 else:
                     yield con
+            except duckdb.Error as exc:
+                failure = self._write_failure(exc) if write else None
+                if failure is None:
+                    raise
+                raise failure from None
             finally:
                 con.close()
+
+    def _write_failure(self, exc: duckdb.Error) -> CatalogError | None:
+        """A one-line error for a write the file system refused (disk full, file size limit, I/O error)."""
+        text = " ".join(str(exc).split())
+        refused = re.search(r"No space left|Could not write|File too large", text)
+        if not (refused or isinstance(exc, duckdb.IOException)):
+            return None
+        reason = "the disk is full (no space left on device)" if "No space left" in text else text[:240]
+        return CatalogError(
+            f"cannot write to catalog {self.path}: {reason}; this transaction was rolled back and the catalog "
+            "keeps what was stored before it: free space, then run again (a resumed run adds only what is missing)"
+        )
 
     def _open(self, write: bool) -> duckdb.DuckDBPyConnection:
         # No extension may be fetched at run time (and none is needed).
         config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-        deadline = time.monotonic() + self.lock_timeout
+        if not write:  # reads touch the catalog only: no COPY TO / EXPORT / read_csv of other files, no ATTACH
+            config["enable_external_access"] = False
+        first_try = time.monotonic()
+        deadline = first_try + self.lock_timeout
+        waited = False
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=not write, config=config)
+                con = duckdb.connect(str(self.path), read_only=not write, config=config)
+                if waited:
+                    self.lock_wait_s += time.monotonic() - first_try
+                    self.lock_waits += 1
+                return con
             except duckdb.IOException as exc:
                 message = str(exc)
                 if "lock" not in message.lower():
                     raise CatalogError(f"cannot open catalog {self.path}: {message.splitlines()[0]}") from None
+                waited = True
                 if time.monotonic() >= deadline:
                     holder = _lock_holder(message)
                     raise CatalogError(
@@ -239,24 +285,49 @@ class Catalog:
         device: str | None = None,
         temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
     ) -> str:
-        """Record a run (or resume one with the same run_id) and its temperature grid; returns the run id."""
+        """Record a run (or resume one with the same run_id) and its temperature grid; returns the run id.
+
+        This process holds the run's lock until `finish_run` (or its end); resuming a run that another live
+        process is running is refused. Runs left `running` by processes that are gone are marked `interrupted`.
+        """
         run_id = run_id or f"{flow}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         temps = [float(t) for t in temperatures]
         if not temps or any(t <= 0 or not np.isfinite(t) for t in temps) or sorted(temps) != temps:
             raise CatalogError("temperatures must be positive, finite and ascending")
         gid = grid_id(temps)
         model = model or {}
+        claimed = self._claim_run(run_id)
+        try:
+            self._record_run(run_id, flow, gid, temps, source, parameters, model, code_version, host, device, claimed)
+        except BaseException:
+            if claimed:
+                self._release_run(run_id)
+            raise
+        self._grids[run_id] = gid
+        return run_id
+
+    def _record_run(
+        self, run_id, flow, gid, temps, source, parameters, model, code_version, host, device, claimed
+    ) -> None:
         with self.connect(write=True) as con:
             con.execute(
                 "INSERT INTO temperature_grids SELECT ?, ?::FLOAT[] "
                 "WHERE NOT EXISTS (SELECT 1 FROM temperature_grids WHERE grid_id = ?)",
                 [gid, temps, gid],
             )
-            existing = con.execute("SELECT grid_id FROM runs WHERE run_id = ?", [run_id]).fetchall()
+            self._mark_interrupted(con, found_by=run_id)
+            existing = con.execute("SELECT grid_id, status FROM runs WHERE run_id = ?", [run_id]).fetchall()
             if existing:
                 if existing[0][0] != gid:
                     raise CatalogError(f"run {run_id} was started with another temperature grid; use a new run id")
-                con.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [run_id])
+                before = existing[0][1]
+                if before == "running" and claimed:  # its lock was free: the process that ran it is gone
+                    before = "interrupted"
+                if before != "running":  # a resume, not this process starting its own run again
+                    con.execute(
+                        "UPDATE runs SET status = 'running', finished_at = NULL, message = ? WHERE run_id = ?",
+                        [f"resumed at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC after it was {before}", run_id],
+                    )
             else:
                 con.execute(
                     "INSERT INTO runs (run_id, flow, status, started_at, source, parameters, model_id, model_hash, "
@@ -276,8 +347,6 @@ class Catalog:
                         gid,
                     ],
                 )
-        self._grids[run_id] = gid
-        return run_id
 
     def finish_run(
         self,
@@ -287,12 +356,117 @@ class Catalog:
         timings: dict[str, Any] | None = None,
         message: str | None = None,
     ) -> None:
+        """Record how a run ended (a message replaces the one it has, e.g. 'resumed ...') and drop its lock."""
+        try:
+            with self.connect(write=True) as con:
+                con.execute(
+                    "UPDATE runs SET status = ?, finished_at = now(), counts = ?, timings = ?, "
+                    "message = coalesce(?, message) WHERE run_id = ?",
+                    [status, json.dumps(counts or {}), json.dumps(timings or {}), message, run_id],
+                )
+        finally:  # when the update failed (disk full), the row stays `running` until a later run marks it
+            self._release_run(run_id)
+
+    # ------------------------------------------------------------------ which runs are still running
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark runs left `running` by processes that have ended as `interrupted`; returns their ids."""
         with self.connect(write=True) as con:
+            return self._mark_interrupted(con, found_by=None)
+
+    def _mark_interrupted(self, con: duckdb.DuckDBPyConnection, found_by: str | None) -> list[str]:
+        running = [r for (r,) in con.execute("SELECT run_id FROM runs WHERE status = 'running'").fetchall()]
+        stale = [r for r in running if r != found_by and not self._run_alive(r)]
+        seen = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC" + (f", when run {found_by} started" if found_by else "")
+        for run_id in stale:
             con.execute(
-                "UPDATE runs SET status = ?, finished_at = now(), counts = ?, timings = ?, message = ? "
-                "WHERE run_id = ?",
-                [status, json.dumps(counts or {}), json.dumps(timings or {}), message, run_id],
+                "UPDATE runs SET status = 'interrupted', message = ? WHERE run_id = ? AND status = 'running'",
+                [
+                    f"interrupted: its process ended before the run finished (found at {seen}); resume it with "
+                    f"`cloud-screen screen --catalog {self.path} --resume {run_id}`",
+                    run_id,
+                ],
             )
+        return stale
+
+    def runs_here(self, run_id: str) -> bool:
+        """Whether this process is running the run (started it and has not finished it)."""
+        return (self.path.resolve(), run_id) in _held_runs
+
+    def _run_lock_path(self, run_id: str) -> Path:
+        digest = hashlib.sha256(run_id.encode()).hexdigest()[:32]  # any run id makes a harmless file name
+        return self.path.parent / f"{self.path.name}.runs" / f"{digest}.lock"
+
+    def _claim_run(self, run_id: str) -> bool:
+        """Take the run's lock for this process; False when this process holds it already."""
+        key = (self.path.resolve(), run_id)
+        path = self._run_lock_path(run_id)
+        with _held_runs_lock:
+            if key in _held_runs:
+                return False
+            while True:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                except FileNotFoundError:  # the folder was removed in between: make it again
+                    continue
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except (BlockingIOError, PermissionError):
+                    holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+                    os.close(fd)
+                    raise CatalogError(
+                        f"run {run_id} is still running in {holder}; wait for it to finish or stop it, then resume it"
+                    ) from None
+                except OSError:  # no locks on this file system: others cannot tell either (see _run_alive)
+                    break
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:  # not a file another process unlinked after we opened it
+                    break
+                os.close(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            _held_runs[key] = fd
+            return True
+
+    def _release_run(self, run_id: str) -> None:
+        with _held_runs_lock:
+            fd = _held_runs.pop((self.path.resolve(), run_id), None)
+            if fd is None:
+                return
+            path = self._run_lock_path(run_id)
+            with contextlib.suppress(OSError):
+                path.unlink()  # while holding the lock, so no other process holds a lock on this file
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # the last run of this catalog has finished
+
+    def _run_alive(self, run_id: str) -> bool:
+        """Whether a live process holds the run's lock (True also when that cannot be told)."""
+        if self.runs_here(run_id):
+            return True
+        path = self._run_lock_path(run_id)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False  # every running run has its file from start_run to finish_run
+        except OSError:
+            return True
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return True
+        except OSError:  # locks not supported here (some network file systems): cannot tell
+            os.close(fd)
+            return True
+        with contextlib.suppress(OSError):
+            path.unlink()  # the owner is gone: its file goes, while we hold the lock
+        os.close(fd)
+        return False
 
     def run(self, run_id: str | None = None) -> dict[str, Any]:
         """One run's provenance (the latest run when no id is given)."""
@@ -319,39 +493,7 @@ class Catalog:
         not be read or encoded) go to `failures`; the rest to `candidates` (new ones only) and `predictions`.
         """
         gid = self._grid_of(run_id)
-        rows = _normalise(rows)
-        good = rows.filter(pl.col("candidate_id").is_not_null()).unique("candidate_id", keep="first")
-        bad = rows.filter(pl.col("candidate_id").is_null())
-        candidates = good.select(
-            "candidate_id",
-            pl.col("canonical_scope").alias("scope"),
-            "structure_hash",
-            "formula",
-            "elements",
-            pl.col("elements").list.len().cast(pl.Int8).alias("nelements"),
-            "nsites",
-            "spacegroup",
-            crystal_system(pl.col("spacegroup")).alias("crystal_system"),
-            "source",
-            pl.col("id").alias("source_id"),
-            "structure",
-            "structure_format",
-            pl.lit(run_id).alias("first_run_id"),
-        )
-        predictions = good.select(
-            pl.lit(run_id).alias("run_id"),
-            "candidate_id",
-            pl.col("scope").alias("model_scope"),
-            *[pl.col(c).cast(pl.Float32) for c in PREDICTION_VALUES],
-            "error",
-        )
-        failures = bad.select(
-            pl.lit(run_id).alias("run_id"),
-            "source",
-            pl.col("id").alias("source_id"),
-            pl.lit("encode").alias("stage"),
-            pl.col("error").fill_null("not encoded"),
-        ).unique("source_id", keep="first")
+        candidates, predictions, failures = batch_tables(run_id, rows)
         thetas = predictions["debye_temperature"].drop_nulls()
         keys = np.unique(np.round(thetas.to_numpy() * THETA_KEY_SCALE).astype(np.int64))
         with self.connect(write=True) as con:
@@ -359,17 +501,20 @@ class Catalog:
             con.register("batch_predictions", predictions.to_arrow())
             con.register("batch_failures", failures.to_arrow())
             new_candidates = con.execute(
-                "INSERT INTO candidates SELECT b.*, now() FROM batch_candidates b "
-                "WHERE NOT EXISTS (SELECT 1 FROM candidates c WHERE c.candidate_id = b.candidate_id)"
+                f"INSERT INTO candidates BY NAME SELECT b.* EXCLUDE (mask_low, mask_high), {_MASK} AS element_mask, "
+                "now() AS added_at FROM batch_candidates b "
+                "WHERE NOT EXISTS (SELECT 1 FROM candidates c WHERE c.candidate_key = b.candidate_key)"
             ).fetchall()[0][0]
             new_predictions = con.execute(
-                "INSERT INTO predictions SELECT b.* FROM batch_predictions b WHERE NOT EXISTS "
-                "(SELECT 1 FROM predictions p WHERE p.run_id = ? AND p.candidate_id = b.candidate_id)",
+                f"INSERT INTO predictions BY NAME SELECT b.* EXCLUDE (mask_low, mask_high), {_MASK} AS element_mask "
+                "FROM batch_predictions b WHERE NOT EXISTS "
+                "(SELECT 1 FROM predictions p WHERE p.run_id = ? AND p.candidate_key = b.candidate_key)",
                 [run_id],
             ).fetchall()[0][0]
             new_failures = con.execute(
-                "INSERT INTO failures SELECT b.* FROM batch_failures b WHERE NOT EXISTS "
-                "(SELECT 1 FROM failures f WHERE f.run_id = ? AND f.source_id = b.source_id)",
+                "INSERT INTO failures BY NAME SELECT b.* FROM batch_failures b WHERE NOT EXISTS "
+                "(SELECT 1 FROM failures f WHERE f.run_id = ? AND f.source_id = b.source_id "
+                "AND f.source IS NOT DISTINCT FROM b.source)",
                 [run_id],
             ).fetchall()[0][0]
             self._add_curves(con, gid, keys)
@@ -417,6 +562,72 @@ class Catalog:
         con.execute("INSERT INTO debye_curve_library SELECT * FROM batch_library")
 
 
+# The element mask travels from polars to DuckDB as two UInt64 halves (polars has no 128-bit integer column
+# that Arrow carries to a DuckDB HUGEINT); bit i is ELEMENTS[i], as catalogs.schema.element_mask_sql.
+_MASK = "(b.mask_high::HUGEINT << 64) | b.mask_low::HUGEINT"
+
+
+def _mask_half(elements: pl.Expr, bits: range) -> pl.Expr:
+    powers = {e: 1 << (i - bits.start) for i, e in enumerate(ELEMENTS) if i in bits}
+    bit = pl.element().replace_strict(powers, default=0, return_dtype=pl.UInt64)
+    return elements.list.unique().list.eval(bit).list.sum()  # distinct powers of two: the sum is the OR
+
+
+def batch_tables(run_id: str, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """One batch's rows for `candidates`, `predictions` and `failures` (see Catalog.append for the input).
+
+    The first two carry `mask_low` and `mask_high`, the element mask's halves, which the insert combines.
+    """
+    rows = _normalise(rows)
+    rows = rows.with_columns(
+        _mask_half(pl.col("elements"), range(0, 64)).alias("mask_low"),
+        _mask_half(pl.col("elements"), range(64, 128)).alias("mask_high"),
+    )
+    key = pl.col("candidate_id").str.to_integer(base=16, dtype=pl.UInt64).alias("candidate_key")
+    nelements = pl.col("elements").list.len().cast(pl.Int8).alias("nelements")
+    good = rows.filter(pl.col("candidate_id").is_not_null() & pl.col("candidate_id").is_first_distinct())
+    bad = rows.filter(pl.col("candidate_id").is_null())
+    candidates = good.select(
+        "candidate_id",
+        key,
+        pl.col("canonical_scope").alias("scope"),
+        "structure_hash",
+        "formula",
+        "elements",
+        nelements,
+        "nsites",
+        "spacegroup",
+        crystal_system(pl.col("spacegroup")).alias("crystal_system"),
+        "source",
+        pl.col("id").alias("source_id"),
+        "structure",
+        "structure_format",
+        pl.lit(run_id).alias("first_run_id"),
+        "mask_low",
+        "mask_high",
+    )
+    predictions = good.select(
+        pl.lit(run_id).alias("run_id"),
+        "candidate_id",
+        pl.col("scope").alias("model_scope"),
+        *[pl.col(c).cast(pl.Float32) for c in PREDICTION_VALUES],
+        "error",
+        key,  # the filter columns copied from the candidate (catalogs.schema.FILTER_COPIES)
+        nelements,
+        "spacegroup",
+        "mask_low",
+        "mask_high",
+    )
+    failures = bad.select(
+        pl.lit(run_id).alias("run_id"),
+        "source",
+        pl.col("id").alias("source_id"),
+        pl.lit("encode").alias("stage"),
+        pl.col("error").fill_null("not encoded"),
+    ).unique(["source", "source_id"], keep="first", maintain_order=True)  # a.cif and a.json: two inputs
+    return candidates, predictions, failures
+
+
 def debye_curves(theta: np.ndarray, temperatures: np.ndarray) -> dict[str, np.ndarray]:
     """Cv, U, S, F per mole of atoms for each θ_D (rows) on the grid (columns), from cloud_core.debye."""
     import torch
@@ -426,8 +637,9 @@ def debye_curves(theta: np.ndarray, temperatures: np.ndarray) -> dict[str, np.nd
     grid = torch.as_tensor(temperatures, dtype=torch.float64)[None, :]
     theta = torch.as_tensor(theta, dtype=torch.float64)
     parts: dict[str, list[np.ndarray]] = {q: [] for q in ("cv", "u", "s", "f")}
-    # 64 θ_D at a time: the quadrature's temporaries are (θ_D, T, nodes), so one call for 15k θ_D allocates GBs.
-    for chunk in torch.split(theta, 64):
+    # ~6,400 (θ_D, T) pairs at a time (64 θ_D on a 100-point grid): the quadrature's temporaries are
+    # (θ_D, T, nodes), so one call for 15k θ_D x 100 T allocates GBs, while one temperature takes 6,400 at once.
+    for chunk in torch.split(theta, max(1, 6400 // grid.shape[1])):
         thermo = debye_thermo(chunk[:, None], grid)
         for q, values in parts.items():
             values.append(thermo[q].numpy().astype(np.float32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +11,23 @@ import polars as pl
 from catalogs.catalog import Catalog, CatalogError
 
 CIF_SYMPREC = 0.01  # Å: the encoder's tolerance, so the CIF's space group is the one the SCOPE string names
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_file_name(text: object, max_length: int = 100) -> str:
+    """`text` as one harmless file-name component: letters, digits, '.', '_' and '-' only (every other run of
+    characters, path separators included, becomes '_'), no leading dot, at most max_length characters. Names
+    made from catalog values (formulas, ids) can then never leave the folder they are written to."""
+    name = _UNSAFE_IN_NAME.sub("_", str(text)).lstrip(".")[:max_length]
+    return name or "_"
+
+
+def path_inside(folder: Path, name: str) -> Path:
+    """folder / name, refused (ValueError) if it would resolve outside `folder`."""
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise ValueError(f"refusing to write {name!r} outside {folder}")
+    return path
 
 
 def ranked_with_provenance(catalog: Catalog, run_id: str | None = None, top: int | None = None) -> pl.DataFrame:
@@ -63,7 +81,8 @@ def symmetrized_cif(structure_text: str, structure_format: str) -> str:
 
 def export_cifs(ranked: pl.DataFrame, folder: Path) -> pl.DataFrame:
     """One `<rank>_<formula>_<candidate_id>.cif` per ranked candidate whose structure is known, plus an
-    `index.csv` saying which file is which and why a candidate has none."""
+    `index.csv` saying which file is which and why a candidate has none. File names are made safe (see
+    safe_file_name), so no catalog value can place a file outside `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     index = []
     for row in ranked.iter_rows(named=True):
@@ -73,12 +92,14 @@ def export_cifs(ranked: pl.DataFrame, folder: Path) -> pl.DataFrame:
         else:
             try:
                 text = symmetrized_cif(row["structure"], row["structure_format"])
-                name = f"{row['rank']:04d}_{row['formula']}_{row['candidate_id']}.cif"
+                rank = f"{row['rank']:04d}" if row["rank"] is not None else "pareto"  # front members past top k
+                name = f"{rank}_{safe_file_name(row['formula'])}_{safe_file_name(row['candidate_id'])}.cif"
+                score = f"{row['score']:.4f}" if row["score"] is not None else "none"
                 header = (
-                    f"# cloud-screen run {row['run_id']}, rank {row['rank']}, score {row['score']:.4f}, "
-                    f"model {row['model_id']} ({row['model_hash']}), code {row['code_version']}\n"
+                    f"cloud-screen run {row['run_id']}, rank {row['rank']}, score {score}, "
+                    f"model {row['model_id']} ({row['model_hash']}), code {row['code_version']}"
                 )
-                (folder / name).write_text(header + text)
+                path_inside(folder, name).write_text("# " + " ".join(header.split()) + "\n" + text)
             except Exception as exc:  # one bad structure must not stop the export
                 problem = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
         index.append({"rank": row["rank"], "candidate_id": row["candidate_id"], "file": name, "error": problem})

@@ -24,13 +24,25 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from catalogs.schema import PREDICTION_VALUES, PROPERTY_COLUMNS, THETA_KEY_SCALE
+from catalogs.schema import (
+    ELEMENTS,
+    FILTER_COPIES,
+    PREDICTION_VALUES,
+    PROPERTY_COLUMNS,
+    THETA_KEY_SCALE,
+    element_mask,
+)
 
 RANKABLE = tuple(c for c in PREDICTION_VALUES if not c.endswith("_std"))  # properties filters and objectives use
 STD_OF = {c: f"{c}_std" for c in RANKABLE if f"{c}_std" in PREDICTION_VALUES}
 THERMO = ("cv", "u", "s", "f")
 THERMO_UNITS = {"cv": "J/(K mol atoms)", "u": "J/mol atoms", "s": "J/(K mol atoms)", "f": "J/mol atoms"}
 CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
+_LAST_SPACEGROUP = (2, 15, 74, 142, 167, 194, 230)  # of each crystal system, as catalogs.catalog.crystal_system
+SPACEGROUPS_OF = {
+    system: list(range(first + 1, last + 1))
+    for system, first, last in zip(CRYSTAL_SYSTEMS, (0, *_LAST_SPACEGROUP), _LAST_SPACEGROUP, strict=False)
+}
 Temperature = Annotated[float, Field(ge=1.0, le=3000.0, description="Temperature in K (1-3000).")]
 
 
@@ -38,111 +50,9 @@ class SpecError(ValueError):
     """A ranking spec that cannot be used; the message names the offending field."""
 
 
-_ALL_SYMBOLS = [
-    "H",
-    "He",
-    "Li",
-    "Be",
-    "B",
-    "C",
-    "N",
-    "O",
-    "F",
-    "Ne",
-    "Na",
-    "Mg",
-    "Al",
-    "Si",
-    "P",
-    "S",
-    "Cl",
-    "Ar",
-    "K",
-    "Ca",
-    "Sc",
-    "Ti",
-    "V",
-    "Cr",
-    "Mn",
-    "Fe",
-    "Co",
-    "Ni",
-    "Cu",
-    "Zn",
-    "Ga",
-    "Ge",
-    "As",
-    "Se",
-    "Br",
-    "Kr",
-    "Rb",
-    "Sr",
-    "Y",
-    "Zr",
-    "Nb",
-    "Mo",
-    "Tc",
-    "Ru",
-    "Rh",
-    "Pd",
-    "Ag",
-    "Cd",
-    "In",
-    "Sn",
-    "Sb",
-    "Te",
-    "I",
-    "Xe",
-    "Cs",
-    "Ba",
-    "La",
-    "Ce",
-    "Pr",
-    "Nd",
-    "Pm",
-    "Sm",
-    "Eu",
-    "Gd",
-    "Tb",
-    "Dy",
-    "Ho",
-    "Er",
-    "Tm",
-    "Yb",
-    "Lu",
-    "Hf",
-    "Ta",
-    "W",
-    "Re",
-    "Os",
-    "Ir",
-    "Pt",
-    "Au",
-    "Hg",
-    "Tl",
-    "Pb",
-    "Bi",
-    "Po",
-    "At",
-    "Rn",
-    "Fr",
-    "Ra",
-    "Ac",
-    "Th",
-    "Pa",
-    "U",
-    "Np",
-    "Pu",
-    "Am",
-    "Cm",
-    "Bk",
-    "Cf",
-    "Es",
-    "Fm",
-    "Md",
-    "No",
-    "Lr",
-]
+def thermo_label(quantity: str, temperature: float) -> str:
+    """Column name of a Debye quantity at a temperature, e.g. cv_300K_debye (apart from the predicted cv_300K)."""
+    return f"{quantity}_{temperature:g}K_debye"
 
 
 class _Strict(BaseModel):
@@ -209,7 +119,7 @@ class Filters(_Strict):
     @classmethod
     def _known_elements(cls, value: list[str]) -> list[str]:
         for symbol in value:
-            if symbol not in _ALL_SYMBOLS:
+            if symbol not in ELEMENTS:
                 raise ValueError(f"unknown element {symbol!r}")
         return value
 
@@ -246,7 +156,8 @@ class Objective(_Strict):
 
     @builtins.property  # the field `property` shadows the builtin in this class body
     def label(self) -> str:
-        return f"{self.property}_{self.temperature:g}K" if self.temperature is not None else self.property
+        """The objective's column name: the property, or e.g. cv_300K_debye (Cv from θ_D, not the cv_300K head)."""
+        return thermo_label(self.property, self.temperature) if self.temperature is not None else self.property
 
 
 def _default_objectives() -> list[Objective]:
@@ -354,10 +265,12 @@ def _thermo_columns(spec: RankingSpec) -> dict[tuple[str, float], str]:
 
 
 def compile_spec(spec: RankingSpec, run_param: str = "$run") -> tuple[str, dict[str, Any]]:
-    """The SQL that filters one run's predictions and scores them, with its parameters.
+    """The SQL that keeps one run's candidates passing the filters, with its parameters.
 
-    The query expects `$run` and, for each thermo column, a registered table `thermo_i(theta_key, value)`.
-    It returns candidate_id, every prediction and candidate column, the thermo and objective columns, score.
+    The query expects `$run` and, for each thermo column, a registered table `thermo_i(theta_key, value)`. It
+    returns one row per kept candidate: candidate_key, prediction_row (the row id in `predictions`), the thermo
+    columns and objective_0..n-1 (DOUBLE, finite).
+    It reads `predictions` alone, whose rows carry the candidate columns filters need (catalogs.schema).
     """
     sql = _Sql()
     f = spec.filters
@@ -370,49 +283,60 @@ def compile_spec(spec: RankingSpec, run_param: str = "$run") -> tuple[str, dict[
     for flt in f.thermo:
         where += _range_sql(sql, f"{thermo[(flt.quantity, flt.temperature)]}.value", flt)
     if f.require_elements:
-        where.append(f"list_has_all(c.elements, {sql.param(f.require_elements)}::VARCHAR[])")
+        mask = sql.param(str(element_mask(f.require_elements)))
+        where.append(f"p.element_mask & {mask}::HUGEINT = {mask}::HUGEINT")
     if f.exclude_elements:
-        where.append(f"NOT list_has_any(c.elements, {sql.param(f.exclude_elements)}::VARCHAR[])")
+        where.append(f"p.element_mask & {sql.param(str(element_mask(f.exclude_elements)))}::HUGEINT = 0")
     if f.spacegroups:
-        where.append(f"list_contains({sql.param(f.spacegroups)}::SMALLINT[], c.spacegroup)")
+        where.append(f"list_contains({sql.param(f.spacegroups)}::SMALLINT[], p.spacegroup)")
     if f.crystal_systems:
-        where.append(f"list_contains({sql.param(f.crystal_systems)}::VARCHAR[], c.crystal_system)")
-    where += _range_sql(sql, "c.nelements", f.nelements)
+        numbers = [n for system in f.crystal_systems for n in SPACEGROUPS_OF[system]]
+        where.append(f"list_contains({sql.param(numbers)}::SMALLINT[], p.spacegroup)")
+    where += _range_sql(sql, "p.nelements", f.nelements)
 
-    joins = "".join(
+    joins = ""
+    joins += "".join(
         f" LEFT JOIN {name} ON {name}.theta_key = CAST(round(p.debye_temperature * {THETA_KEY_SCALE}) AS INTEGER)"
         for name in thermo.values()
     )
-    objective_sql, goodness = [], []
-    for i, o in enumerate(spec.objectives):
+    objectives = []
+    for o in spec.objectives:
         if o.property in THERMO:
             value = f"{thermo[(o.property, o.temperature)]}.value"
         elif o.bound == "confidence":
             sign = "-" if o.direction == "maximize" else "+"  # the pessimistic side
-            value = f'(p."{o.property}" {sign} {sql.param(o.z)} * p."{STD_OF[o.property]}")'
+            value = f'p."{o.property}" {sign} {sql.param(o.z)} * p."{STD_OF[o.property]}"'
         else:
             value = f'p."{o.property}"'
-        objective_sql.append(f"{value} AS objective_{i}")
-        scaled = (
-            f"(objective_{i} - min(objective_{i}) OVER ()) / "
-            f"nullif(max(objective_{i}) OVER () - min(objective_{i}) OVER (), 0)"
-        )
-        good = scaled if o.direction == "maximize" else f"1 - {scaled}"
-        goodness.append(f"{sql.param(o.weight)} * coalesce({good}, 1.0)")
-    total_weight = sum(o.weight for o in spec.objectives)
-    thermo_select = "".join(f", {name}.value AS {name}" for name in thermo.values())
-    query = f"""
-WITH kept AS (
-  SELECT p.* EXCLUDE (run_id, model_scope, error), c.formula, c.spacegroup, c.crystal_system, c.nelements,
-         c.elements, c.scope{thermo_select}, {", ".join(objective_sql)}
-  FROM predictions p JOIN candidates c ON c.candidate_id = p.candidate_id{joins}
-  WHERE {" AND ".join(where)}
-)
-SELECT *, ({" + ".join(goodness)}) / {sql.param(total_weight)} AS score
-FROM kept
-WHERE {" AND ".join(f"objective_{i} IS NOT NULL" for i in range(len(spec.objectives)))}
-"""
+        objectives.append(f"CAST({value} AS DOUBLE)")
+        where.append(f"isfinite(CAST({value} AS DOUBLE))")  # also drops nulls: no value, no rank
+    columns = ["p.candidate_key", "p.rowid AS prediction_row"]
+    columns += [f"{name}.value AS {name}" for name in thermo.values()]
+    columns += [f"{value} AS objective_{i}" for i, value in enumerate(objectives)]
+    query = f"SELECT {', '.join(columns)} FROM predictions p{joins} WHERE {' AND '.join(where)}"
     return query, sql.params
+
+
+def score_sql(spec: RankingSpec) -> tuple[str, str, dict[str, Any]]:
+    """How kept rows are scored: the weighted mean of their objectives scaled to [0, 1] over the kept rows.
+
+    Returns the SQL of a one-row `bounds` table over `kept` (each objective's min and max, and the weights, as
+    bound parameters), the score expression over `kept` and `bounds`, and the parameters. An objective that
+    does not vary scores 1.
+    """
+    sql = _Sql()
+    columns, terms = [], []
+    for i, o in enumerate(spec.objectives):
+        columns += [
+            f"min(objective_{i}) AS low_{i}",
+            f"max(objective_{i}) AS high_{i}",
+            f"{sql.param(o.weight)} AS w_{i}",
+        ]
+        scaled = f"(objective_{i} - low_{i}) / nullif(high_{i} - low_{i}, 0)"
+        good = scaled if o.direction == "maximize" else f"1 - {scaled}"
+        terms.append(f"w_{i} * coalesce({good}, 1.0)")
+    columns.append(f"{sql.param(sum(o.weight for o in spec.objectives))} AS total_weight")
+    return f"SELECT {', '.join(columns)} FROM kept", f"({' + '.join(terms)}) / total_weight", sql.params
 
 
 def thermo_lookup(quantity: str, temperature: float, theta_keys: np.ndarray) -> pl.DataFrame:
@@ -469,50 +393,159 @@ def _sweep(better: np.ndarray, block: int) -> np.ndarray:
     return keep_all
 
 
+PIVOT_ROWS = 2048  # best-scored rows whose front prunes the rest before the exact Pareto sweep
+MAX_PIVOTS = 64
+
+
 def rank_run(catalog: Any, run_id: str, spec: RankingSpec, store: bool = True) -> pl.DataFrame:
     """Filter, score and rank one run's candidates; store the ranking and return it, best first.
 
-    Returned rows: the top-k by score plus every Pareto-front member (with its own rank), each with rank,
-    score, pareto, the candidate's columns, predictions and objective values.
+    Returned rows: the top-k by score plus every Pareto-front member (with its own rank among all kept rows),
+    each with rank, score, pareto, the candidate's columns, predictions, the Debye quantities the spec uses
+    (`{quantity}_{T}K_debye`) and the objective values (`objective_{label}`).
+
+    The work stays in DuckDB, and only the winners' rows come back to Python: the kept rows' keys and
+    objectives go to a temporary table, the top-k is an ORDER BY ... LIMIT, and the front is found by pruning
+    every row some pivot (the front of the best-scored rows) dominates, in SQL, then an exact sweep in numpy
+    over what is left. Pruning by any row is safe: whatever a pivot dominates is off the front, and a row a
+    pruned row dominates is dominated by that row's pivot too, so the front of the survivors is the front.
     """
     query, params = compile_spec(spec)
-    params = {**params, "run": run_id}
+    params["run"] = run_id
     thermo = _thermo_columns(spec)
+    n_objectives = len(spec.objectives)
+    objective_columns = ", ".join(f"objective_{i}" for i in range(n_objectives))
     with catalog.connect(write=False) as con:
-        keys = np.array(
-            [
-                k
-                for (k,) in con.execute(
-                    f"SELECT DISTINCT CAST(round(debye_temperature * {THETA_KEY_SCALE}) AS INTEGER) FROM predictions "
-                    "WHERE run_id = ? AND debye_temperature IS NOT NULL",
-                    [run_id],
-                ).fetchall()
-            ],
-            dtype=np.int64,
-        )
-        for (quantity, temperature), name in thermo.items():
-            con.register(name, thermo_lookup(quantity, temperature, keys).to_arrow())
-        ranked_sql = f"SELECT *, row_number() OVER (ORDER BY score DESC, candidate_id) AS rank FROM ({query})"
+        _register_thermo(con, run_id, thermo)
+        con.execute(f"CREATE TEMP TABLE kept AS {query}", params)
+        bounds, score, score_params = score_sql(spec)
+        con.execute(f"CREATE TEMP TABLE bounds AS {bounds}", score_params)
+        con.execute(f"CREATE TEMP VIEW scored AS SELECT kept.*, {score} AS score FROM kept, bounds")
+        best_first = "ORDER BY score DESC, candidate_key"
+        top = _column(con.execute(f"SELECT candidate_key FROM scored {best_first} LIMIT {int(spec.top_k)}"))
+        winners = pl.DataFrame({"candidate_key": top, "rank": np.arange(1, len(top) + 1)}, schema=_WINNERS)
         if spec.pareto:
-            kept = con.sql(ranked_sql, params=params).pl()
+            front = _front_keys(con, spec, objective_columns)
+            winners = winners.with_columns(pl.col("candidate_key").is_in(front.tolist()).alias("pareto"))
+            beyond = np.setdiff1d(front, top)
+            if beyond.size:
+                winners = pl.concat([winners, _ranks_of(con, beyond).with_columns(pl.lit(True).alias("pareto"))])
         else:
-            kept = con.sql(f"{ranked_sql} ORDER BY rank LIMIT {int(spec.top_k)}", params=params).pl()
-    if spec.pareto and kept.height:
-        objectives = kept.select(f"objective_{i}" for i in range(len(spec.objectives))).to_numpy()
-        maximize = np.array([o.direction == "maximize" for o in spec.objectives])
-        pareto = pareto_front(objectives.astype(np.float64), maximize)
-        kept = kept.with_columns(pl.Series("pareto", pareto))
-        kept = kept.filter((pl.col("rank") <= spec.top_k) | pl.col("pareto"))
-    else:
-        kept = kept.with_columns(pl.lit(False).alias("pareto"))
-    renames = {f"objective_{i}": f"objective_{o.label}" for i, o in enumerate(spec.objectives)}
-    renames |= {name: f"{quantity}_{temperature:g}K" for (quantity, temperature), name in thermo.items()}
-    kept = kept.sort("rank").rename(renames)
-    front = ["rank", "candidate_id", "formula", "spacegroup", "score", "pareto"]
-    kept = kept.select(*front, pl.exclude(*front))
+            winners = winners.with_columns(pl.lit(False).alias("pareto"))
+        con.register("winners", winners.to_arrow())
+        # Their rows are then read by row id (a direct read: a filter on any other column scans every row of the
+        # columns fetched); the candidates' row ids come from a scan of the key column alone.
+        con.execute(
+            "CREATE TEMP TABLE chosen AS SELECT * FROM winners JOIN scored USING (candidate_key) JOIN "
+            "(SELECT rowid AS candidate_row, candidate_key FROM candidates "
+            " WHERE candidate_key IN (SELECT candidate_key FROM winners)) USING (candidate_key)"
+        )
+        renames = {f"objective_{i}": f"objective_{o.label}" for i, o in enumerate(spec.objectives)}
+        renames |= {name: thermo_label(quantity, temperature) for (quantity, temperature), name in thermo.items()}
+        rename = ", ".join(f"{old} AS {new}" for old, new in renames.items())
+        ranked = con.sql(
+            f"""SELECT k.rank, p.candidate_id, c.formula, c.spacegroup, k.score, k.pareto,
+       p.* EXCLUDE (run_id, candidate_id, model_scope, error, {", ".join(FILTER_COPIES)}), c.crystal_system,
+       c.nelements, c.elements, c.scope,
+       k.* EXCLUDE (rank, pareto, candidate_key, prediction_row, candidate_row, score) RENAME ({rename})
+FROM chosen k
+JOIN (SELECT rowid AS prediction_row, * FROM predictions WHERE rowid IN (SELECT prediction_row FROM chosen)) p
+  USING (prediction_row)
+JOIN (SELECT rowid AS candidate_row, * FROM candidates WHERE rowid IN (SELECT candidate_row FROM chosen)) c
+  USING (candidate_row)
+ORDER BY k.rank"""
+        ).pl()
+        con.execute("DROP VIEW scored")
+        for table in ("kept", "bounds", "chosen"):
+            con.execute(f"DROP TABLE {table}")
     if store:
-        store_ranking(catalog, run_id, spec, kept)
-    return kept
+        store_ranking(catalog, run_id, spec, ranked)
+    return ranked
+
+
+_WINNERS = {"candidate_key": pl.UInt64, "rank": pl.Int64}
+
+
+def _register_thermo(con: Any, run_id: str, thermo: dict[tuple[str, float], str]) -> None:
+    """The `thermo_i(theta_key, value)` tables compile_spec joins: read from the run's stored curve library when
+    the temperature is on its grid, computed for the run's θ_D keys otherwise."""
+    if not thermo:
+        return
+    grid = con.execute(
+        "SELECT r.grid_id, g.temperatures FROM runs r JOIN temperature_grids g ON g.grid_id = r.grid_id "
+        "WHERE r.run_id = ?",
+        [run_id],
+    ).fetchall()
+    grid_id, temperatures = grid[0] if grid else (None, [])
+    on_grid = {float(np.float32(t)): i for i, t in enumerate(temperatures)}
+    theta_keys = None
+    for (quantity, temperature), name in thermo.items():
+        index = on_grid.get(float(np.float32(temperature)))
+        if index is not None:  # quantity is one of cv/u/s/f (closed vocabulary), index an int
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT theta_key, CAST({quantity}[{index + 1}] AS DOUBLE) "
+                "AS value FROM debye_curve_library WHERE grid_id = ?",
+                [grid_id],
+            )
+            continue
+        if theta_keys is None:
+            theta_keys = _column(
+                con.execute(
+                    f"SELECT DISTINCT CAST(round(debye_temperature * {THETA_KEY_SCALE}) AS INTEGER) "
+                    "FROM predictions WHERE run_id = ? AND debye_temperature IS NOT NULL",
+                    [run_id],
+                )
+            ).astype(np.int64)
+        con.register(name, thermo_lookup(quantity, temperature, theta_keys).to_arrow())
+
+
+def _column(result: Any) -> np.ndarray:
+    """The one column of a DuckDB result as a numpy array."""
+    return next(iter(result.fetchnumpy().values()))
+
+
+def _front_keys(con: Any, spec: RankingSpec, objective_columns: str) -> np.ndarray:
+    """Keys of the Pareto-front members among the kept rows (see rank_run)."""
+    maximize = np.array([o.direction == "maximize" for o in spec.objectives])
+    head = con.execute(f"SELECT {objective_columns} FROM scored ORDER BY score DESC, candidate_key LIMIT {PIVOT_ROWS}")
+    head_values = np.column_stack(list(head.fetchnumpy().values())).astype(np.float64)
+    pivots = head_values[pareto_front(head_values, maximize)] if len(head_values) else head_values
+    if len(pivots) > MAX_PIVOTS:  # spread along the front (they come best-scored first)
+        pivots = pivots[np.linspace(0, len(pivots) - 1, MAX_PIVOTS).round().astype(int)]
+    sql = _Sql()
+    dominated = []
+    for pivot in pivots:
+        weak, strict = [], []
+        for i, (value, up) in enumerate(zip(pivot.tolist(), maximize, strict=True)):
+            bound = sql.param(value)
+            weak.append(f"objective_{i} {'<=' if up else '>='} {bound}")
+            strict.append(f"objective_{i} {'<' if up else '>'} {bound}")
+        dominated.append(f"({' AND '.join(weak)} AND ({' OR '.join(strict)}))")
+    where = f"WHERE NOT ({' OR '.join(dominated)})" if dominated else ""
+    rest = con.execute(f"SELECT candidate_key, {objective_columns} FROM scored {where}", sql.params).fetchnumpy()
+    keys = rest.pop("candidate_key")
+    if keys.size == 0:
+        return keys.astype(np.uint64)
+    values = np.column_stack(list(rest.values())).astype(np.float64)
+    return keys[pareto_front(values, maximize)].astype(np.uint64)
+
+
+def _ranks_of(con: Any, keys: np.ndarray) -> pl.DataFrame:
+    """The rank (1 = best score, ties by candidate key) of kept rows beyond the top k, e.g. front members.
+
+    Only rows scored at least as high as the lowest of them can come first, so the window sorts those alone.
+    """
+    con.register("wanted", pl.DataFrame({"candidate_key": keys}, schema={"candidate_key": pl.UInt64}).to_arrow())
+    return (
+        con.sql(
+            """SELECT candidate_key, rank FROM (
+  SELECT candidate_key, row_number() OVER (ORDER BY score DESC, candidate_key) AS rank FROM scored
+  WHERE score >= (SELECT min(s.score) FROM scored s JOIN wanted w ON w.candidate_key = s.candidate_key)
+) WHERE candidate_key IN (SELECT candidate_key FROM wanted)"""
+        )
+        .pl()
+        .cast(_WINNERS)
+    )
 
 
 def store_ranking(catalog: Any, run_id: str, spec: RankingSpec, ranked: pl.DataFrame) -> None:

@@ -90,6 +90,21 @@ def save_bundle(folder: Path, model: CloudModel, card: dict[str, Any]) -> Path:
     return folder
 
 
+def _not_safetensors(path: Path) -> str | None:
+    """What the file is when it is plainly not safetensors (which starts with an 8-byte little-endian header
+    length and a JSON header), from its first bytes; None when it looks like safetensors."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (torch.save writes pickles in one)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle"
+    size = path.stat().st_size
+    if len(head) < 9 or head[8:9] != b"{" or int.from_bytes(head[:8], "little") > size - 8:
+        return "not in the safetensors layout"
+    return None
+
+
 def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Load and check a bundle; BundleError with the reason when it cannot be used."""
     from safetensors import SafetensorError
@@ -99,13 +114,13 @@ def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") ->
     if folder.is_file():
         raise BundleError(f"{folder} is a file; a model bundle is a folder with {WEIGHTS} and {CARD}")
     weights, card_path = folder / WEIGHTS, folder / CARD
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:  # refused even beside safetensors weights: a bundle is exactly weights + card
+        raise BundleError(
+            f"{folder} holds pickled weights ({', '.join(pickles)}), which cloud-screen never loads "
+            f"(unpickling runs code); convert them to {WEIGHTS} and remove them from the bundle"
+        )
     if not weights.exists():
-        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise BundleError(
-                f"{folder} holds pickled weights ({', '.join(pickles)}), which cloud-screen never loads "
-                f"(unpickling runs code); convert them to {WEIGHTS}"
-            )
         raise BundleError(f"{folder} has no {WEIGHTS}")
     if not card_path.exists():
         raise BundleError(f"{folder} has no {CARD}")
@@ -113,11 +128,18 @@ def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") ->
         card = json.loads(card_path.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{card_path} is not valid JSON ({exc})") from None
+    if not isinstance(card, dict):
+        raise BundleError(f"{card_path} is not a model card (a JSON object)")
     if card.get("vocabulary_hash") != vocabulary_hash():
         raise BundleError(
             f"{folder} was trained with another SCOPE vocabulary (hash {str(card.get('vocabulary_hash'))[:12]}, "
             f"this tokenizer {vocabulary_hash()[:12]}); retrain it or use a matching cloud-screen version"
         )
+    if card.get("weights_format", "safetensors") != "safetensors":
+        raise BundleError(f"{card_path} names weights format {card['weights_format']!r}; only safetensors is loaded")
+    problem = _not_safetensors(weights)
+    if problem:
+        raise BundleError(f"{weights} is {problem}, not safetensors; cloud-screen never unpickles weights")
     if card.get("weights_sha256") != sha256_file(weights):
         raise BundleError(f"{weights} does not match the hash in {CARD} (corrupted or replaced); reinstall or retrain")
     try:

@@ -7,10 +7,12 @@ chunks in flight, so memory stays flat however many structures come in.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from cloud_core.structures import (
     parse_raw,
     validate,
 )
-from cloud_core.symmetry import DEFAULT_ANGLE_TOLERANCE, DEFAULT_SYMPREC, Backend, Symmetry
+from cloud_core.symmetry import DEFAULT_ANGLE_TOLERANCE, DEFAULT_SYMPREC, DEFAULT_TIME_LIMIT, Backend, Symmetry
 
 SCHEMA: dict[str, Any] = {
     "id": pl.String,
@@ -63,6 +65,9 @@ class EncodeSettings:
     symprec: float = DEFAULT_SYMPREC
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE
     max_sites: int = DEFAULT_MAX_SITES
+    # Seconds the symmetry search of one cell of more than symmetry.TIME_LIMITED_MIN_SITES sites may take;
+    # None or 0: no limit.
+    time_limit: float | None = DEFAULT_TIME_LIMIT
     identify: bool = False  # add IDENTITY_SCHEMA columns (canonical SCOPE, structure hash, candidate id)
 
     @property
@@ -122,6 +127,7 @@ def encode_record(record: Record, settings: EncodeSettings) -> dict[str, Any]:
             backend=settings.backend,
             symprec=settings.symprec,
             angle_tolerance=settings.angle_tolerance,
+            time_limit=settings.time_limit,
         )
         if settings.identify:
             row.update(identity(crystal, symmetry, scope, settings.variant))
@@ -249,7 +255,9 @@ def encode_stream(
         return
     # fork: workers inherit the imported libraries instead of importing them again (Linux default).
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
+    with _worker_signals_blocked():  # workers start with them blocked; _init_worker sets and unblocks them
+        pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker)
+    with pool:  # leaving early (an error, an abandoned generator) terminates the workers
         pending: deque = deque()
 
         def finished(keep: int) -> Iterator[pl.DataFrame]:
@@ -264,3 +272,37 @@ def encode_stream(
             pending.append((len(chunk), pool.apply_async(encode_chunk, (chunk, settings))))
             yield from finished(keep=2 * workers - 1)
         yield from finished(keep=0)
+        pool.close()  # done: the workers exit on their own, no signal needed
+        pool.join()
+
+
+_WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _worker_signals_blocked() -> Iterator[None]:
+    """Block SIGTERM and SIGINT in this thread while the pool forks its workers, which inherit the mask.
+
+    So no signal reaches a worker before `_init_worker` has replaced the handlers it inherited. (The pool's own
+    threads, started here, keep the mask; the process's signals go to its other threads, as before.)"""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _init_worker() -> None:
+    """Encoder worker start-up: SIGTERM back to its default (end at once), SIGINT ignored.
+
+    A forked worker inherits the parent's Python signal handlers. A host process that turns SIGTERM into an
+    exception (a workflow engine's graceful-shutdown handler) would make every worker print a traceback, or
+    catch the signal at a bad moment, when the pool terminates it; and Ctrl-C would interrupt every worker
+    as well as the parent. Here the parent alone handles Ctrl-C and ends the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)

@@ -167,15 +167,17 @@ def scope_string(
     backend: Backend | None = None,
     symprec: float = DEFAULT_SYMPREC,
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
+    time_limit: float | None = None,
 ) -> tuple[str, Symmetry]:
     """SCOPE string of one crystal and the symmetry it was built from. Raises StructureError.
 
     The official variant always uses spglib, like the reference; the others default to moyopy, whose
     letters differ from spglib's only by normalizer permutations that the canonical form removes.
+    `time_limit` bounds the symmetry search of large cells (see symmetry.find_symmetry).
     """
     if variant not in _BUILDERS:
         raise ValueError(f"unknown SCOPE variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if backend is None:
         backend = "spglib" if variant == "official" else "moyopy"
-    symmetry = find_symmetry(crystal, backend, symprec, angle_tolerance)
+    symmetry = find_symmetry(crystal, backend, symprec, angle_tolerance, time_limit=time_limit)
     return _BUILDERS[variant](crystal, symmetry), symmetry

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ MIN_ATOM_DISTANCE = 0.5
 MIXED_SITE_DISTANCE = 0.01
 # Default cap on sites per structure: symmetry search grows quickly with cell size.
 DEFAULT_MAX_SITES = 2000
+# Largest structure file (CIF, POSCAR, XYZ, JSON) read, in MiB; $CLOUD_SCREEN_MAX_FILE_MB overrides it. A larger
+# file is an error row, refused from its size without being read. Tables (.parquet, .csv, .jsonl) are streamed
+# in row batches and have no file limit, but each structure text in them is held to the same limit.
+DEFAULT_MAX_FILE_MB = 64
+MAX_FILE_MB_ENV = "CLOUD_SCREEN_MAX_FILE_MB"
 
 STRUCTURE_SUFFIXES = {".cif", ".mcif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json"}
 STRUCTURE_NAMES = {"POSCAR", "CONTCAR"}
@@ -170,6 +176,9 @@ _SHIFTS = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (
 # Above this many sites a structure whose cell is thinner than 2 * MIN_ATOM_DISTANCE in some direction goes
 # through scipy's KD-tree instead of the dense all-pairs test (27 n^2 distances).
 _DENSE_OVERLAP_MAX_SITES = 64
+# Above this many sites every structure goes through the KD-tree: the bound-first test's n x n arrays take
+# 0.4 GB at 2,000 sites and 2.3 GB at 5,000; the tree stays under 0.1 GB and 0.1 s there (same first pair).
+_DENSE_OVERLAP_LARGE_SITES = 1000
 
 
 def _check_no_overlaps(crystal: Crystal, volume: float | None = None) -> None:
@@ -187,8 +196,11 @@ def _check_no_overlaps(crystal: Crystal, volume: float | None = None) -> None:
     few n x n array operations with no 27-fold images.
     """
     lattice = crystal.lattice
-    frac = crystal.frac_coords - np.floor(crystal.frac_coords)
     n = crystal.nsites
+    if n > _DENSE_OVERLAP_LARGE_SITES:  # n x n arrays would take GBs (and seconds): the KD-tree takes ~0.1 s
+        _check_no_overlaps_kdtree(crystal)
+        return
+    frac = crystal.frac_coords - np.floor(crystal.frac_coords)
     a, b, c = lattice.tolist()
     if volume is None:
         volume = abs(_triple_product(a, b, c))
@@ -297,6 +309,7 @@ def _crystal_from_cif_gemmi(text: str) -> Crystal:
         frac = np.array([s.fract.tolist() for s in sites], dtype=float).reshape(-1, 3)
         site_keys = [(s.element.name, s.occ, s.type_symbol) for s in sites]
         key_sites = sites
+    _check_cell_as_written(block, cell)  # after the atom check: a CIF without atoms says so first
     # Sites repeat a handful of (element, occupancy, type symbol) combinations: build each one's entry once.
     entries: dict[tuple, tuple[Species, str]] = {}
     for i, key in enumerate(site_keys):
@@ -309,6 +322,39 @@ def _crystal_from_cif_gemmi(text: str) -> Crystal:
     species = [entries[key][0] for key in site_keys]
     kinds = [entries[key][1] for key in site_keys]
     return _merge_mixed_sites(Crystal(lattice, frac, species, kinds))
+
+
+_CELL_TAGS = ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")
+
+
+def _check_cell_as_written(block: Any, cell: Any) -> None:
+    """The six cell parameters as the CIF writes them must make a cell, and gemmi's cell must be that cell.
+
+    gemmi silently replaces a missing or impossible cell (an angle of 0 or 180 degrees, angles no cell can
+    have) by a 1 Å cube, which would then be encoded as if it were the crystal.
+    """
+    import gemmi
+
+    written = []
+    for name in _CELL_TAGS:
+        raw = block.find_value(f"_cell_{name}")
+        if raw is None:
+            raw = block.find_value(f"_cell.{name}")
+        value = gemmi.cif.as_number(raw) if raw is not None else math.nan
+        if not math.isfinite(value):
+            shown = "missing" if raw is None else repr(raw)
+            raise StructureError(f"invalid cell parameters: _cell_{name} is {shown}, not a finite number")
+        written.append(value)
+    lengths, angles = written[:3], written[3:]
+    if min(lengths) <= 0:
+        raise StructureError(f"invalid cell parameters: lengths {lengths} Å must be positive")
+    if not all(0 < angle < 180 for angle in angles):
+        raise StructureError(f"invalid cell parameters: angles {angles} must lie strictly between 0 and 180 degrees")
+    ca, cb, cg = (math.cos(math.radians(angle)) for angle in angles)
+    if 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg <= 1e-9:  # (V / abc)^2: no volume at these angles
+        raise StructureError(f"invalid cell parameters: no cell has the angles {angles} (zero or no volume)")
+    if any(abs(x - y) > 1e-6 * max(1.0, abs(y)) for x, y in zip(cell.parameters, written, strict=True)):
+        raise StructureError(f"invalid cell parameters: {written} read as {cell.parameters}")
 
 
 # A character no plain decimal number has: uncertainties '1.2(3)', '?', quotes, letters other than e/E.
@@ -464,6 +510,7 @@ def crystal_from_text(text: str, fmt: str) -> Crystal:
 
             from pymatgen.io.vasp import Poscar
 
+            _check_poscar_counts(text)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return crystal_from_pymatgen(Poscar.from_str(text).structure)
@@ -476,6 +523,54 @@ def crystal_from_text(text: str, fmt: str) -> Crystal:
     except Exception as exc:
         raise StructureError(f"unreadable {fmt}: {_one_line(exc)}") from None
     raise StructureError(f"unknown structure format {fmt!r}")
+
+
+def _is_int(token: str) -> bool:
+    return token.isdigit()
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_poscar_counts(text: str) -> None:
+    """A POSCAR's species and atom-count lines must agree with each other and with its coordinate lines.
+
+    pymatgen reads as many coordinate lines as the counts say and ignores the rest, or fails with an index
+    error when there are fewer; a file whose counts do not match its atoms is broken, whichever way.
+    """
+    lines = text.splitlines()
+    if len(lines) < 8:
+        raise StructureError(f"truncated POSCAR: {len(lines)} lines (a POSCAR has at least 8)")
+    first = lines[5].split()
+    names, at = (None, 5) if first and all(_is_int(t) for t in first) else (first, 6)
+    counts = lines[at].split() if at < len(lines) else []
+    if not counts or not all(_is_int(t) for t in counts):
+        raise StructureError(f"POSCAR line {at + 1} should hold the atom count of each species, not {lines[at][:60]!r}")
+    if names is not None and len(names) != len(counts):
+        plural = "s" if len(counts) != 1 else ""
+        raise StructureError(
+            f"POSCAR names {len(names)} species ({' '.join(names)}) but gives {len(counts)} atom count{plural} "
+            f"({' '.join(counts)})"
+        )
+    expected = sum(int(t) for t in counts)
+    at += 1
+    if at < len(lines) and lines[at].strip()[:1] in ("s", "S"):  # Selective dynamics
+        at += 1
+    found = 0
+    for line in lines[at + 1 :]:  # after the Direct/Cartesian line, up to the first line that is no position
+        parts = line.split()
+        if len(parts) < 3 or not all(_is_number(p) for p in parts[:3]):
+            break
+        found += 1
+    if found != expected:
+        raise StructureError(
+            f"POSCAR atom counts ({' + '.join(counts)} = {expected}) do not match its {found} coordinate lines"
+        )
 
 
 def crystal_to_json(crystal: Crystal) -> str:
@@ -508,7 +603,13 @@ def _crystal_from_json(text: str) -> Crystal:
     data = json.loads(text)
     if not isinstance(data, dict) or "lattice" not in data or "sites" not in data:
         raise StructureError("JSON is not a pymatgen Structure (needs 'lattice' and 'sites')")
-    return crystal_from_pymatgen(Structure.from_dict(data))
+    if isinstance(data["sites"], list) and not data["sites"]:
+        raise StructureError("empty structure: no atoms")
+    try:
+        structure = Structure.from_dict(data)
+    except Exception as exc:
+        raise StructureError(f"JSON is not a valid pymatgen Structure: {_one_line(exc)}") from None
+    return crystal_from_pymatgen(structure)
 
 
 def _crystal_from_extxyz(text: str) -> Crystal:
@@ -556,7 +657,11 @@ def format_of(path: Path) -> str | None:
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files named on the command line, with each directory replaced by its structure files (sorted)."""
+    """Files named on the command line, with each directory replaced by its structure files (sorted).
+
+    Raises FileNotFoundError for a missing input and ValueError for a malformed $CLOUD_SCREEN_MAX_FILE_MB.
+    """
+    max_file_bytes()
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -583,8 +688,59 @@ class RawInput:
     error: str | None = None
 
 
+def max_file_bytes() -> int:
+    """The size limit for one structure file: $CLOUD_SCREEN_MAX_FILE_MB (MiB), else DEFAULT_MAX_FILE_MB."""
+    raw = os.environ.get(MAX_FILE_MB_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_FILE_MB << 20
+    try:
+        megabytes = float(raw)
+    except ValueError:
+        megabytes = math.nan
+    if not megabytes > 0 or not math.isfinite(megabytes):
+        raise ValueError(f"{MAX_FILE_MB_ENV}={raw!r}: give the largest structure file to read in MiB, e.g. 64")
+    return int(megabytes * (1 << 20))
+
+
+def _text_limit() -> int:
+    """max_file_bytes(), or the default where the variable is malformed (expand_inputs reports that)."""
+    try:
+        return max_file_bytes()
+    except ValueError:
+        return DEFAULT_MAX_FILE_MB << 20
+
+
+def _too_large(size: int, limit: int, what: str = "file") -> str:
+    def amount(n: int) -> str:
+        return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n:,} bytes"
+
+    return (
+        f"{what} too large: {amount(size)}, above the {amount(limit)} limit per structure "
+        f"(set {MAX_FILE_MB_ENV} to raise it; tables are streamed, only their structure texts are limited)"
+    )
+
+
+def _read_limited(path: Path, limit: int) -> tuple[bytes | None, str | None]:
+    """The bytes of a regular file of at most `limit` bytes, or the reason there are none. A larger file is
+    refused from its size, without reading it."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return None, "not a regular file"
+        if info.st_size > limit:
+            return None, _too_large(info.st_size, limit)
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        return None, f"cannot read file: {_one_line(exc)}"
+    if len(data) > limit:  # it grew after the size check
+        return None, _too_large(len(data), limit)
+    return data, None
+
+
 def iter_raw_inputs(paths: Iterable[Path], table_batch_rows: int = 4096) -> Iterator[RawInput]:
     """Stream every structure in the given files; tables are read in row batches to bound memory."""
+    limit = max_file_bytes()
     for path in paths:
         fmt = format_of(path)
         if fmt == "table":
@@ -594,8 +750,11 @@ def iter_raw_inputs(paths: Iterable[Path], table_batch_rows: int = 4096) -> Iter
         if fmt is None:
             yield RawInput(path.stem, source, "unknown", error=f"unrecognised file type {path.suffix or path.name!r}")
             continue
+        data, problem = _read_limited(path, limit)
+        if data is None:
+            yield RawInput(path.stem, source, fmt, error=problem)
+            continue
         try:
-            data = path.read_bytes()
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             try:
@@ -605,9 +764,6 @@ def iter_raw_inputs(paths: Iterable[Path], table_batch_rows: int = 4096) -> Iter
             if text is None:
                 yield RawInput(path.stem, source, fmt, error="binary file: not UTF-8 or Latin-1 text")
                 continue
-        except OSError as exc:
-            yield RawInput(path.stem, source, fmt, error=f"cannot read file: {_one_line(exc)}")
-            continue
         if fmt == "json":
             yield from _iter_json_file(path, text)
         else:
@@ -618,8 +774,8 @@ def _iter_json_file(path: Path, text: str) -> Iterator[RawInput]:
     """A JSON file holds one pymatgen Structure dict, or a list of them (ids from 'id'/'material_id')."""
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        yield RawInput(path.stem, str(path), "json", error=f"invalid JSON: {exc}")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; nesting too deep recurses
+        yield RawInput(path.stem, str(path), "json", error=f"invalid JSON: {_one_line(exc)}")
         return
     if isinstance(data, list):
         for i, item in enumerate(data):
@@ -686,6 +842,8 @@ def parse_raw(raw: RawInput, max_sites: int = DEFAULT_MAX_SITES) -> Record:
     """Parse and validate one raw input; a failure becomes the record's error, never an exception."""
     if raw.error is not None:
         return Record(raw.id, raw.source, error=raw.error)
+    if raw.text is not None and len(raw.text) > (limit := _text_limit()):  # e.g. one cell of a table
+        return Record(raw.id, raw.source, error=_too_large(len(raw.text), limit, "structure text"))
     try:
         crystal = validate(crystal_from_text(raw.text or "", raw.fmt), max_sites)
     except StructureError as exc:

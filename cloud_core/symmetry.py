@@ -31,8 +31,14 @@ dropping operations as they fail. bench/agreement.py measures what the tests cat
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
+import os
+import select
+import signal
+import time
 from dataclasses import dataclass
 from functools import cache
 from itertools import chain
@@ -50,6 +56,11 @@ logging.getLogger("moyo").setLevel(logging.ERROR)
 
 DEFAULT_SYMPREC = 0.01  # Å, the reference's (pymatgen SpacegroupAnalyzer's) default
 DEFAULT_ANGLE_TOLERANCE = 5.0  # degrees, likewise
+# Cells with more sites than this are searched in a forked child process under a time limit (seconds), so one
+# huge or pathological cell costs one error row, never a stuck batch; a crash of spglib or moyopy on it costs
+# the row too, not the worker. Smaller cells take milliseconds and are searched in-process (no fork).
+TIME_LIMITED_MIN_SITES = 500
+DEFAULT_TIME_LIMIT = 60.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -71,12 +82,21 @@ def find_symmetry(
     symprec: float = DEFAULT_SYMPREC,
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE,
     guard: bool = True,
+    time_limit: float | None = None,
 ) -> Symmetry:
     """Symmetry of `crystal`, walking the tolerance ladder; raises StructureError if nothing works.
 
     With the moyopy backend, a borderline result (see the module docstring) goes to spglib instead, unless
-    `guard` is False (benchmarks use that to measure the bare backend).
+    `guard` is False (benchmarks use that to measure the bare backend). With a `time_limit` (seconds), a cell
+    of more than TIME_LIMITED_MIN_SITES sites is searched in a child process that is stopped at the limit.
     """
+    args = (crystal, backend, symprec, angle_tolerance, guard)
+    if time_limit and crystal.nsites > TIME_LIMITED_MIN_SITES and hasattr(os, "fork"):
+        return _search_in_child(args, time_limit)
+    return _search(*args)
+
+
+def _search(crystal: Crystal, backend: Backend, symprec: float, angle_tolerance: float, guard: bool = True) -> Symmetry:
     cell = (crystal.lattice, crystal.frac_coords, crystal.kind_numbers())
     errors = []
     searches = [_moyopy, _spglib] if backend == "moyopy" else [_spglib]
@@ -93,6 +113,81 @@ def find_symmetry(
                 return result
             errors.append(f"{search.__name__[1:]}@{prec:g}: no dataset")
     raise StructureError("symmetry search failed at every tolerance (" + "; ".join(errors) + ")")
+
+
+def _search_in_child(args: tuple, time_limit: float) -> Symmetry:
+    """_search(*args) in a forked child that is killed after `time_limit` seconds; its answer comes back as
+    JSON through a pipe. os.fork, not multiprocessing: encoder pool workers are daemonic and may not start
+    multiprocessing children."""
+    nsites = args[0].nsites
+    parent, die_with_parent = os.getpid(), _parent_death_signal()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: search, write the answer, and leave without running any of the parent's code
+        try:
+            os.close(read_end)
+            if die_with_parent is not None:  # a terminated pool worker takes its search along
+                die_with_parent(1, signal.SIGKILL)  # prctl(PR_SET_PDEATHSIG, SIGKILL)
+                if os.getppid() != parent:  # the parent ended before that took effect
+                    os._exit(0)
+            try:
+                found = _search(*args)
+                ratio = found.conventional_volume_ratio
+                answer = {"symmetry": [found.number, list(found.wyckoffs), ratio, found.symprec, found.backend]}
+            except StructureError as exc:
+                answer = {"error": str(exc)}
+            except BaseException as exc:
+                answer = {"exception": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+            payload = memoryview(json.dumps(answer).encode())
+            while payload:
+                payload = payload[os.write(write_end, payload) :]
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    chunks: list[bytes] = []
+    finished = False
+    deadline = time.monotonic() + time_limit
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([read_end], [], [], remaining)[0]:
+                raise StructureError(
+                    f"symmetry search stopped at the time limit of {time_limit:g} s ({nsites} sites; cells of more "
+                    f"than {TIME_LIMITED_MIN_SITES} sites are searched under a time limit)"
+                )
+            chunk = os.read(read_end, 1 << 16)
+            if not chunk:
+                finished = True
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        if not finished:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    if not chunks:
+        code = os.waitstatus_to_exitcode(status)
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        raise StructureError(f"symmetry search crashed ({how}) on this cell of {nsites} sites")
+    answer = json.loads(b"".join(chunks))
+    if "error" in answer:
+        raise StructureError(answer["error"])
+    if "exception" in answer:
+        raise RuntimeError(answer["exception"])
+    number, wyckoffs, ratio, symprec, backend = answer["symmetry"]
+    return Symmetry(number, tuple(wyckoffs), ratio, symprec, backend)
+
+
+@cache
+def _parent_death_signal():
+    """Linux's prctl, to have a child killed when its parent ends; None elsewhere."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
 
 
 def _spglib(cell: tuple, symprec: float, angle_tolerance: float) -> Symmetry | None:
@@ -299,16 +394,27 @@ def _missed_rotation(dataset, lattice: np.ndarray, frac: np.ndarray, numbers: np
         if kind == kinds[0]:
             members = members[1:]  # the first atom of the rarest kind lands on an atom by construction
         targets = x[numbers == kind]
+        tree = None
         start, size = 0, _FIRST_BLOCK
         while start < len(members):
-            size = max(1, min(size, _MAPPING_BLOCK // (len(pair_w) * len(targets))))
+            if tree is None and len(pair_w) * len(targets) > _MAPPING_BLOCK:
+                # Even one atom per block would need more than _MAPPING_BLOCK distances (large cells, where the
+                # rarest kind gives thousands of candidate translations): look up nearest targets in a KD-tree.
+                tree = _PeriodicNearest(targets, basis)
+            if tree is not None:
+                size = max(1, min(size, _TREE_BLOCK // len(pair_w)))
+            else:
+                size = max(1, min(size, _MAPPING_BLOCK // (len(pair_w) * len(targets))))
             block = members[start : start + size]
             moved = images[pair_w[:, None], block[None, :]] + shifts[pair_w, pair_t][:, None, :]  # (s, b, 3)
-            delta = moved[:, :, None, :] - targets  # (s, b, k, 3)
-            delta -= np.round(delta)
-            delta = delta @ basis
-            nearest = np.einsum("...k,...k->...", delta, delta).min(axis=2).max(axis=1)  # (s,), squared
-            keep = np.sqrt(nearest) <= tolerance
+            if tree is not None:
+                keep = tree.distance(moved, tolerance).max(axis=1) <= tolerance
+            else:
+                delta = moved[:, :, None, :] - targets  # (s, b, k, 3)
+                delta -= np.round(delta)
+                delta = delta @ basis
+                nearest = np.einsum("...k,...k->...", delta, delta).min(axis=2).max(axis=1)  # (s,), squared
+                keep = np.sqrt(nearest) <= tolerance
             pair_w, pair_t = pair_w[keep], pair_t[keep]
             if not len(pair_w):
                 return False
@@ -317,5 +423,33 @@ def _missed_rotation(dataset, lattice: np.ndarray, frac: np.ndarray, numbers: np
 
 
 # The mapping test's blocks: 4 atoms first, then 4 times as many each time, and at most this many
-# (operation, atom, atom) distances in one array (memory stays small on 2,000-site cells).
-_FIRST_BLOCK, _BLOCK_GROWTH, _MAPPING_BLOCK = 4, 4, 200_000
+# (operation, atom, atom) distances in one array (memory stays small on 2,000-site cells). Where even one
+# atom per block would exceed that, at most _TREE_BLOCK (operation, atom) positions per KD-tree lookup.
+_FIRST_BLOCK, _BLOCK_GROWTH, _MAPPING_BLOCK, _TREE_BLOCK = 4, 4, 200_000, 500_000
+
+
+class _PeriodicNearest:
+    """Distance (Å) from points to the nearest of a set of targets, periodic images included.
+
+    Coordinates are fractional in a reduced basis; each point is wrapped into the unit cell and looked up in a
+    KD-tree over the targets' 27 images around it. The nearest image of a wrapped point is among those
+    whenever the distance is below the cell's smallest plane spacing, far above the tolerances asked here.
+    The dense test (minimum image by rounding fractional differences) gives the same distance wherever it is
+    within those tolerances: a reduced basis makes the rounded image the nearest one at such short range.
+    """
+
+    def __init__(self, targets: np.ndarray, basis: np.ndarray) -> None:
+        from scipy.spatial import cKDTree
+
+        from cloud_core.structures import _SHIFTS
+
+        wrapped = targets - np.floor(targets)
+        images = (wrapped[None, :, :] + _SHIFTS[:, None, :]).reshape(-1, 3) @ basis
+        self.tree, self.basis = cKDTree(images), basis
+
+    def distance(self, points: np.ndarray, upper_bound: float) -> np.ndarray:
+        """Nearest-target distances for fractional points of any shape (..., 3), the shape without the 3;
+        inf where no target is within upper_bound."""
+        flat = points.reshape(-1, 3)
+        distances, _ = self.tree.query((flat - np.floor(flat)) @ self.basis, k=1, distance_upper_bound=upper_bound)
+        return distances.reshape(points.shape[:-1])

@@ -19,7 +19,8 @@ import random
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,27 @@ class TrainSettings:
     data_dir: str = ""
     out: str = "models/trained"
     name: str = "cloud-screen"
+
+
+def settings_from_options(options: Mapping[str, Any]) -> TrainSettings:
+    """TrainSettings from the `train` command's options or the `train` flow's parameters (one mapping for both).
+
+    Names are the fields' own, except `data` (the shared data folder) for `data_dir`; paths become strings and
+    None an empty string (the default). An unknown name is an error, so an option cannot be silently dropped.
+    """
+    values = dict(options)
+    if "data" in values:
+        if "data_dir" in values:
+            raise TypeError("give data or data_dir, not both")
+        values["data_dir"] = values.pop("data")
+    known = {f.name for f in fields(TrainSettings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TypeError(f"not training settings: {', '.join(unknown)}")
+    for name in ("data_dir", "out"):
+        if name in values:
+            values[name] = "" if values[name] is None else str(values[name])
+    return TrainSettings(**values)
 
 
 def pick_device(device: str) -> torch.device:
@@ -395,7 +417,8 @@ def train(settings: TrainSettings) -> Path:
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
     started = time.perf_counter()
     frame = training_frame(settings.variant, data_dir)
-    corpus = pretraining_strings(settings.variant, data_dir)
+    # the corpus encodes every shared table twice (variant and official): only when pre-training uses it
+    corpus = pretraining_strings(settings.variant, data_dir) if settings.pretrain_epochs else []
     if settings.composition_only:
         frame = frame.with_columns(pl.col("scope").map_elements(composition_part, return_dtype=pl.String))
         corpus = [composition_part(s) for s in corpus]

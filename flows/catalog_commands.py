@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.console import fail
+from flows.console import fail, progress_bar
 
 CatalogOption = Annotated[Path, typer.Option("--catalog", "-c", help="The DuckDB catalog file.")]
 RunOption = Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")]
@@ -187,6 +187,17 @@ def screen(
     batch_size: Annotated[int, typer.Option(help="Candidates per task.")] = 2048,
     report: Annotated[bool, typer.Option(help="Write the HTML report next to the catalog.")] = True,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr (when it is a terminal).")] = True,
+    seed: Annotated[int | None, typer.Option(help="demo: seed for the order of substitutions (default 0).")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Finish an interrupted or failed run of this catalog: its run id. Its source, model, device, batch "
+            "size, grid and ranking are read from the catalog (--rank and --top still apply).",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the catalog while other runs write to it.")] = 600.0,
 ) -> None:
     """Screen candidates into the catalog and print the ranked top (a Prefect flow run; no server needed)."""
     import os
@@ -204,15 +215,38 @@ def screen(
 
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}")
+    temperatures = {}
     try:  # everything that can be checked before the flow starts is, so the error is one line
         spec = parse_source(source, count)
+        if seed is not None and spec.kind == "demo":
+            spec = spec.model_copy(update={"seed": seed})
+        stored_ranking = None
+        if resume:  # the run's own parameters, as the flow stored them
+            from flows.screen import TemperatureGrid
+            from flows.sources import SourceSpec
+
+            stored = Catalog(catalog, lock_timeout=wait).run(resume)["parameters"] or {}
+            spec = SourceSpec(**stored["source"])
+            model, device = stored.get("model", model), stored.get("device", device)
+            batch_size = stored.get("batch_size", batch_size)
+            if stored.get("temperatures"):
+                temperatures = {"temperatures": TemperatureGrid(**stored["temperatures"])}
+            stored_ranking = stored.get("ranking")
+        if spec.kind == "files":
+            from cloud_core.structures import expand_inputs
+
+            expand_inputs(spec.paths)  # a missing path (or a malformed CLOUD_SCREEN_MAX_FILE_MB) is one line, now
         if spec.kind == "mp":
             from flows.materials_project import parse_mp_query, resolve_api_key
 
             parse_mp_query(spec.mp_query)
             resolve_api_key()
-        ranking = RankingSpec.from_file(rank) if rank else RankingSpec()
-        Catalog(catalog, lock_timeout=5).migrate()
+        ranking = (
+            RankingSpec.from_file(rank)
+            if rank
+            else (RankingSpec.parse(stored_ranking) if stored_ranking else RankingSpec())
+        )
+        Catalog(catalog, lock_timeout=wait).migrate()
         from flows.screen import model_fingerprint
 
         model_fingerprint(model)
@@ -220,24 +254,38 @@ def screen(
         fail(str(exc))
     except ValidationError as exc:
         fail(f"--source {source!r}: {exc.errors()[0]['msg']}")
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
     except Exception as exc:  # an unreadable model bundle
         fail(f"{type(exc).__name__}: {exc}")
 
     from flows.screen import screen as screen_flow
+    from flows.screen import screen_progress
+
+    local_server = _unreachable_prefect_server()
+
+    def show(done: int, total: int | None) -> None:  # the flow calls it as it stores each batch
+        bar.update(done, total, "ranking, report" if total is not None and done >= total else "screening")
 
     try:
-        result = screen_flow(
-            catalog=str(catalog),
-            source=spec,
-            ranking=ranking,
-            top_k=top,
-            model=model,
-            device=device,
-            batch_size=batch_size,
-            report=report,
-        )
+        with progress_bar(progress, "starting") as bar, screen_progress(show):
+            result = screen_flow(
+                catalog=str(catalog),
+                source=spec,
+                ranking=ranking,
+                top_k=top,
+                model=model,
+                device=device,
+                batch_size=batch_size,
+                report=report,
+                resume=resume,
+                catalog_wait=wait,
+                **temperatures,
+            )
     except (CatalogError, SpecError, MPSourceError) as exc:
         fail(str(exc))
+    finally:
+        local_server.close()
     cat = Catalog(catalog)
     ranked = cat.query("SELECT * FROM ranked WHERE run_id = ? ORDER BY rank", [result.run_id])
     ranked = ranked.filter(ranked["rank"] <= (top or ranking.top_k))
@@ -249,3 +297,27 @@ def screen(
         + (f"; report {result.report}" if result.report else ""),
         err=True,
     )
+
+
+def _unreachable_prefect_server():
+    """When PREFECT_API_URL names a server that does not answer: one line, then run in-process without it.
+
+    Returns a context to close after the run (it restores the setting); a no-op when the server answers or
+    none is configured (Prefect then starts its own temporary local server, as always).
+    """
+    import contextlib
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deployments import server_problem
+
+    url = PREFECT_API_URL.value()
+    stack = contextlib.ExitStack()
+    if url and (problem := server_problem(url)):
+        typer.echo(
+            f"cloud-screen: warning: no Prefect server answers at {url} ({problem}); running this flow in-process "
+            "with a temporary local server instead (start that server, or unset PREFECT_API_URL, to silence this)",
+            err=True,
+        )
+        stack.enter_context(temporary_settings(restore_defaults={PREFECT_API_URL}))
+    return stack

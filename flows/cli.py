@@ -7,14 +7,13 @@ output) exits 1 with one line on stderr; bad structures are rows with an `error`
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from flows.console import fail
+from flows.console import fail, progress_bar
 
 app = typer.Typer(
     add_completion=False,
@@ -51,6 +50,10 @@ def encode(
         str, typer.Option(help="auto (spglib for official, moyopy otherwise), spglib or moyopy.")
     ] = "auto",
     max_sites: Annotated[int, typer.Option(help="Larger structures are error rows, not searched.")] = 2000,
+    time_limit: Annotated[
+        float,
+        typer.Option(help="Seconds the symmetry search of one cell of more than 500 sites may take (0: no limit)."),
+    ] = 60.0,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:
     """Encode crystal structures as SCOPE strings: one row per structure, with an error reason for bad ones."""
@@ -65,6 +68,8 @@ def encode(
         fail(f"unknown --backend {backend!r}; choose auto, spglib or moyopy")
     if symprec <= 0:
         fail("--symprec must be positive")
+    if time_limit < 0:
+        fail("--time-limit must be 0 (no limit) or a number of seconds")
     try:
         table_format(out)
         paths = expand_inputs(inputs)
@@ -76,13 +81,14 @@ def encode(
         symprec=symprec,
         angle_tolerance=angle_tolerance,
         max_sites=max_sites,
+        time_limit=time_limit or None,
     )
     n_workers = workers if workers > 0 else default_workers()
     started = time.perf_counter()
     errors = 0
     try:
-        with TableWriter(out) as writer, _progress(progress) as advance:
-            for frame in encode_stream(iter_raw_inputs(paths), settings, workers=n_workers, on_chunk=advance):
+        with TableWriter(out) as writer, progress_bar(progress, "encoding") as bar:
+            for frame in encode_stream(iter_raw_inputs(paths), settings, workers=n_workers, on_chunk=bar.advance):
                 errors += frame["error"].is_not_null().sum()
                 writer.write(frame)
             if writer.rows == 0:
@@ -140,30 +146,6 @@ def demo(
     for row in ok.unique("scope", keep="first", maintain_order=True).head(10).iter_rows(named=True):
         table.add_row(row["id"], row["formula"], str(row["spacegroup"]), row["scope"])
     Console().print(table)
-
-
-class _progress:
-    """A rich progress bar on stderr when asked for and stderr is a terminal; a no-op otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(
-            TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
-        )
-        self._bar.start()
-        task = self._bar.add_task("encode", total=None)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def _register_commands() -> None:

@@ -107,18 +107,26 @@ def runner_deployment(spec: dict[str, Any]):
     )
 
 
+def server_problem(url: str, timeout: float = 5.0) -> str | None:
+    """Why no Prefect API answers at `url` (the exception's name), or None when its health check passes."""
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout).raise_for_status()
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return None
+
+
 def api_problem() -> str | None:
     """Why the configured Prefect API cannot be used, or None when a server answers."""
-    import httpx
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     if not url:
         return f"PREFECT_API_URL is not set, so there is no Prefect server to serve to: {START_SERVER_HINT}"
-    try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=5.0).raise_for_status()
-    except httpx.HTTPError as exc:
-        return f"no Prefect server answers at {url} ({type(exc).__name__}): {START_SERVER_HINT}"
+    if problem := server_problem(url):
+        return f"no Prefect server answers at {url} ({problem}): {START_SERVER_HINT}"
     return None
 
 

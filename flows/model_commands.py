@@ -53,7 +53,7 @@ def predict(
             batch_size=batch_size,
             progress=progress and sys.stderr.isatty(),
         )
-    except (FileNotFoundError, OSError) as exc:
+    except (FileNotFoundError, OSError, ValueError) as exc:  # ValueError: a malformed CLOUD_SCREEN_MAX_FILE_MB
         fail(str(exc))
     typer.echo(
         f"{counts['rows']} structures, {counts['predicted']} predicted, {counts['errors']} with errors -> {out}",
@@ -79,27 +79,12 @@ def train(
     name: Annotated[str, typer.Option(help="Name written into the model card.")] = "cloud-screen",
 ) -> None:
     """Pre-train and fine-tune a CLOUD model on the shared data; writes a bundle with its test metrics."""
-    from cloud_core.train import TrainSettings
+    options = dict(locals())  # the options, before any other name is bound
+    from cloud_core.train import settings_from_options
     from cloud_core.train import train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    settings = TrainSettings(
-        variant=variant,
-        composition_only=composition_only,
-        seed=seed,
-        device=device,
-        threads=threads,
-        n_layer=n_layer,
-        n_head=n_head,
-        d_model=d_model,
-        pretrain_epochs=pretrain_epochs,
-        finetune_epochs=finetune_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        data_dir=str(data) if data else "",
-        out=str(out),
-        name=name,
-    )
+    settings = settings_from_options(options)
     try:
         folder = run_training(settings)
     except (FileNotFoundError, RuntimeError) as exc:

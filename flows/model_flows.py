@@ -6,38 +6,18 @@ logging, and a markdown artifact with the test-split metrics table.
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
+from flows.parameters import document_parameters
+
 Device = Literal["auto", "cpu", "cuda"]
 Variant = Literal["official", "canonical", "detailed"]
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def document_parameters(fn: F) -> F:
-    """Append an `Args:` section built from the parameters' `Field(description=...)` to the docstring.
-
-    Prefect's UI form takes top-level parameter descriptions from the docstring's Args section (Google style),
-    not from `Annotated[..., Field(description=...)]`; this keeps the descriptions in one place. Put it under
-    `@flow`.
-    """
-    lines = []
-    for name, annotation in inspect.get_annotations(fn, eval_str=True).items():
-        if get_origin(annotation) is not Annotated:
-            continue
-        description = next((getattr(m, "description", None) for m in get_args(annotation)[1:]), None)
-        if description:
-            lines.append(f"    {name}: {description}")
-    if lines:
-        fn.__doc__ = (inspect.cleandoc(fn.__doc__ or "") + "\n\nArgs:\n" + "\n".join(lines)).strip()
-    return fn
 
 
 def _data_dir(data: str) -> Path:
@@ -80,26 +60,11 @@ def train(
     name: Annotated[str, Field(description="Name written into the model card.")] = "cloud-screen",
 ) -> dict[str, Any]:
     """Pre-train and fine-tune a CLOUD model on the shared data; writes a bundle with its test metrics."""
-    from cloud_core.train import TrainSettings
+    options = dict(locals())  # the parameters, before any other name is bound
+    from cloud_core.train import settings_from_options
     from cloud_core.train import train as run_training
 
-    settings = TrainSettings(
-        variant=variant,
-        composition_only=composition_only,
-        seed=seed,
-        device=device,
-        threads=threads,
-        n_layer=n_layer,
-        n_head=n_head,
-        d_model=d_model,
-        pretrain_epochs=pretrain_epochs,
-        finetune_epochs=finetune_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        data_dir=str(_data_dir(data)),
-        out=out,
-        name=name,
-    )
+    settings = settings_from_options({**options, "data": _data_dir(data)})
     folder = run_training(settings)
     metrics = json.loads((folder / "card.json").read_text()).get("metrics", {})
     get_run_logger().info("bundle written to %s", folder)

@@ -14,6 +14,8 @@ import hashlib
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,9 +33,10 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from catalogs.catalog import Catalog
+from catalogs.catalog import Catalog, CatalogError
 from catalogs.ranking import RankingSpec, rank_run
 from cloud_core.structures import RawInput
+from flows.parameters import document_parameters
 from flows.provenance import code_version, machine
 from flows.sources import SourceSpec, iter_batches
 
@@ -155,14 +158,66 @@ def score_batch(batch: CandidateBatch, model: str, device: str, inference_batch:
 
 
 @task(name="write-batch", task_run_name="write-batch-{index}", retries=3, retry_delay_seconds=2)
-def write_batch(catalog: str, run_id: str, rows: pl.DataFrame, index: int) -> dict[str, int]:
-    """Append one scored batch to the catalog (idempotent per run and candidate)."""
-    counts = Catalog(catalog).append(run_id, rows.drop("encode_s", "infer_s"))
+def write_batch(
+    catalog: str, run_id: str, rows: pl.DataFrame, index: int, lock_timeout: float = 30.0
+) -> dict[str, float]:
+    """Append one scored batch to the catalog (idempotent per run and candidate); counts and the lock wait."""
+    store = Catalog(catalog, lock_timeout=lock_timeout)
+    counts = store.append(run_id, rows.drop("encode_s", "infer_s"))
     return {
         "candidates_new": counts.candidates_new,
         "predictions_new": counts.predictions_new,
         "failures_new": counts.failures_new,
+        "lock_wait_s": store.lock_wait_s,
     }
+
+
+# ------------------------------------------------------------------------------------------------ progress
+
+ProgressListener = Callable[[int, int | None], None]
+_listeners: list[ProgressListener] = []
+_listeners_lock = threading.Lock()
+
+
+@contextmanager
+def screen_progress(listener: ProgressListener) -> Iterator[None]:
+    """Call `listener(done, total)` as screen flow runs in this process store batches (total None: unknown).
+
+    For a terminal progress bar around an in-process run (`cloud-screen screen`); the flow's progress artifact
+    is updated at the same moments, from the same counts.
+    """
+    with _listeners_lock:
+        _listeners.append(listener)
+    try:
+        yield
+    finally:
+        with _listeners_lock:
+            _listeners.remove(listener)
+
+
+class _Progress:
+    """A flow run's progress: candidates stored so far of the expected total, to the artifact and the listeners."""
+
+    def __init__(self, catalog: str, expected: int | None) -> None:
+        self.expected = expected
+        self.artifact = create_progress_artifact(0.0, key="screen-progress", description=f"Screening into {catalog}")
+        self._notify(0, expected)
+
+    def update(self, done: int) -> None:
+        if self.expected:
+            update_progress_artifact(self.artifact, min(100.0, 100.0 * done / self.expected))
+        self._notify(done, self.expected)
+
+    def finish(self, done: int) -> None:
+        update_progress_artifact(self.artifact, 100.0)
+        self._notify(done, done)  # the total is known now (a demo source may generate fewer than asked)
+
+    @staticmethod
+    def _notify(done: int, total: int | None) -> None:
+        with _listeners_lock:
+            listeners = list(_listeners)
+        for listener in listeners:
+            listener(done, total)
 
 
 # ------------------------------------------------------------------------------------------------ flow
@@ -177,7 +232,33 @@ class ScreenResult(BaseModel):
     top: list[dict[str, Any]]
 
 
-@flow(name="screen", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def _end_run(status: str) -> Callable[..., None]:
+    """A flow-state hook: a run this process was running ends as `status` (failed, interrupted) with the reason."""
+
+    def hook(flow, run, state) -> None:
+        parameters = run.parameters or {}
+        store = Catalog(parameters.get("catalog", "catalog.duckdb"), lock_timeout=parameters.get("catalog_wait", 600))
+        run_id = parameters.get("resume") or str(run.id)
+        if not store.runs_here(run_id):  # it never started, already finished, or another process runs it
+            return
+        reason = " ".join(str(state.message or state.name).split()).removeprefix("Flow run encountered an exception: ")
+        try:
+            store.finish_run(run_id, status, message=f"{status}: {reason}"[:1000])
+        except Exception as exc:  # a full disk: the row stays `running` and a later run marks it interrupted
+            get_run_logger().warning("could not record run %s as %s: %s", run_id, status, exc)
+
+    return hook
+
+
+@flow(
+    name="screen",
+    task_runner=ThreadPoolTaskRunner(max_workers=2),
+    log_prints=True,
+    on_failure=[_end_run("failed")],
+    on_crashed=[_end_run("interrupted")],
+    on_cancellation=[_end_run("interrupted")],
+)
+@document_parameters
 def screen(
     catalog: Annotated[str, Field(description="The DuckDB catalog file (created if missing).")] = "catalog.duckdb",
     source: Annotated[SourceSpec, Field(description="Where the candidates come from.")] = SourceSpec(),  # noqa: B008
@@ -190,6 +271,13 @@ def screen(
     encode_workers: Annotated[int, Field(ge=0, le=256, description="Encoder processes; 0 = all cores.")] = 0,
     temperatures: Annotated[TemperatureGrid, Field(description="Debye curve grid.")] = TemperatureGrid(),  # noqa: B008
     report: Annotated[bool, Field(description="Write an HTML report next to the catalog.")] = True,
+    resume: Annotated[
+        str | None,
+        Field(description="Run id of an interrupted or failed run to finish (same source and model)."),
+    ] = None,
+    catalog_wait: Annotated[
+        float, Field(ge=0, le=86400, description="Seconds to wait for the catalog while other runs write to it.")
+    ] = 600.0,
 ) -> ScreenResult:
     """Screen candidates with the CLOUD model into a DuckDB catalog and rank them."""
     from cloud_core.encode import default_workers
@@ -200,10 +288,12 @@ def screen(
         ranking = RankingSpec.parse({**ranking.model_dump(), "top_k": top_k})
     workers = encode_workers or default_workers()
     fingerprint = model_fingerprint(model)
-    store = Catalog(catalog)
+    store = Catalog(catalog, lock_timeout=catalog_wait)
+    if resume:
+        check_resumable(store, resume, source, fingerprint["hash"])
     run_id = store.start_run(
         flow="screen",
-        run_id=str(flow_run.id) if flow_run.id else None,
+        run_id=resume or (str(flow_run.id) if flow_run.id else None),
         source=source.label(),
         parameters={
             "source": source.model_dump(),
@@ -220,10 +310,10 @@ def screen(
         temperatures=temperatures.values(),
     )
     logger.info("run %s -> %s", run_id, catalog)
-    progress = create_progress_artifact(0.0, key="screen-progress", description=f"Screening into {catalog}")
     expected = source.count if source.kind == "demo" else None
+    progress = _Progress(catalog, expected)
     counts = {"candidates": 0, "predicted": 0, "failed": 0, "candidates_new": 0, "predictions_new": 0}
-    timings = {"encode_s": 0.0, "infer_s": 0.0, "write_s": 0.0}
+    timings = {"encode_s": 0.0, "infer_s": 0.0, "write_s": 0.0, "lock_wait_s": 0.0}
 
     def drain(pending: deque) -> None:
         _, future = pending.popleft()
@@ -231,8 +321,9 @@ def screen(
         timings["encode_s"] += float(rows["encode_s"][0]) if rows.height else 0.0
         timings["infer_s"] += float(rows["infer_s"][0]) if rows.height else 0.0
         t = time.perf_counter()
-        written = write_batch(catalog, run_id, rows, counts["batches_written"])
+        written = write_batch(catalog, run_id, rows, counts["batches_written"], catalog_wait)
         timings["write_s"] += time.perf_counter() - t
+        timings["lock_wait_s"] += written["lock_wait_s"]
         counts["batches_written"] += 1
         counts["candidates"] += rows.height
         failed = int((rows["candidate_id"].is_null() | rows["error"].is_not_null()).sum())
@@ -240,8 +331,7 @@ def screen(
         counts["predicted"] += rows.height - failed
         counts["candidates_new"] += written["candidates_new"]
         counts["predictions_new"] += written["predictions_new"]
-        if expected:
-            update_progress_artifact(progress, min(100.0, 100.0 * counts["candidates"] / expected))
+        progress.update(counts["candidates"])
         logger.info("%d candidates scored and stored", counts["candidates"])
 
     counts["batches_written"] = 0
@@ -253,12 +343,13 @@ def screen(
             drain(pending)
     while pending:
         drain(pending)
-    update_progress_artifact(progress, 100.0)
+    progress.finish(counts["candidates"])
 
     t = time.perf_counter()
     ranked = rank_run(store, run_id, ranking)
     timings["rank_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
+    timings["lock_wait_s"] += store.lock_wait_s  # start and ranking; the batches' waits are in already
     store.finish_run(run_id, "completed", counts=counts, timings=timings)
 
     report_path = None
@@ -276,9 +367,28 @@ def screen(
     return ScreenResult(run_id=run_id, catalog=catalog, counts=counts, timings=timings, report=report_path, top=top)
 
 
+def check_resumable(store: Catalog, run_id: str, source: SourceSpec, model_hash: str) -> None:
+    """Refuse to resume a run that is not in the catalog, has completed, or screened other candidates or a model."""
+    import json
+
+    run = store.run(run_id) if store.path.exists() else None
+    if run is None or run["run_id"] != run_id:
+        raise CatalogError(f"no run {run_id!r} in {store.path} to resume")
+    if run["status"] == "completed":
+        raise CatalogError(f"run {run_id} has completed; there is nothing to resume")
+    stored = (run.get("parameters") or {}).get("source")
+    if stored != json.loads(json.dumps(source.model_dump(), default=str)) or run["model_hash"] != model_hash:
+        raise CatalogError(
+            f"run {run_id} screened {run['source']} with model {run['model_id']}; resume it with the same source "
+            "and model (`cloud-screen screen --resume RUN_ID` takes them from the catalog)"
+        )
+
+
 def report_path_for(catalog: str, run_id: str) -> Path:
+    from catalogs.export import safe_file_name
+
     path = Path(catalog)
-    return path.parent / f"{path.stem}_reports" / f"{run_id}.html"
+    return path.parent / f"{path.stem}_reports" / f"{safe_file_name(run_id)}.html"  # no run id leaves the folder
 
 
 def _card_summary(card: dict[str, Any]) -> dict[str, Any]:

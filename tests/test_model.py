@@ -239,3 +239,41 @@ def test_pretraining_and_finetuning_loops_learn(prototype_scopes):
     assert 1 <= result["best_epoch"] <= settings.finetune_epochs
     assert result["val_mae"]["formation_energy_per_atom"] < 0.8 * baseline  # a mean predictor scores 1.0x
     assert set(result["sigma_calibration"]) >= {"formation_energy_per_atom", "cv_305K"}
+
+
+def test_train_command_and_flow_build_the_same_settings(tmp_path, monkeypatch):
+    """One mapping from the `train` command's options and the `train` flow's parameters to TrainSettings."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from cloud_core.train import settings_from_options
+    from flows.cli import app
+    from flows.model_flows import train as train_flow
+
+    settings = settings_from_options({"data": None, "out": Path("m"), "d_model": 32})
+    assert (settings.data_dir, settings.out, settings.d_model) == ("", "m", 32)
+    with pytest.raises(TypeError, match="d_modl"):
+        settings_from_options({"d_modl": 32})
+    with pytest.raises(TypeError, match="not both"):
+        settings_from_options({"data": "a", "data_dir": "b"})
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fake_training(settings):
+        seen.append(settings)
+        raise Stop
+
+    monkeypatch.setattr("cloud_core.train.train", fake_training)
+    with pytest.raises(Stop):
+        train_flow.fn(out="m", data=str(tmp_path), d_model=32, n_head=2, pretrain_epochs=0, lr=1e-3)
+    options = ["--out", "m", "--data", str(tmp_path), "--d-model", "32", "--n-head", "2", "--pretrain-epochs", "0"]
+    result = CliRunner().invoke(app, ["train", *options, "--lr", "1e-3"])
+    assert isinstance(result.exception, Stop), result.output
+    flow_settings, command_settings = seen
+    assert flow_settings == command_settings  # same defaults, same mapping
+    assert (flow_settings.d_model, flow_settings.n_head, flow_settings.pretrain_epochs) == (32, 2, 0)
+    assert flow_settings.data_dir == str(tmp_path)

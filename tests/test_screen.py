@@ -34,12 +34,15 @@ def test_screen_flow_stores_ranks_reports_and_caches(tmp_path, prefect_harness):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.screen import screen
+    from flows.screen import screen, screen_progress
 
     catalog = tmp_path / "screen.duckdb"
     ranking = RankingSpec.parse({"filters": {"ranges": {"formation_energy_per_atom": {"max": 0}}}, "top_k": 8})
-    first = screen(catalog=str(catalog), source=SourceSpec(count=120), ranking=ranking, batch_size=50)
+    progress: list[tuple[int, int | None]] = []
+    with screen_progress(lambda done, total: progress.append((done, total))):
+        first = screen(catalog=str(catalog), source=SourceSpec(count=120), ranking=ranking, batch_size=50)
     assert first.counts["candidates"] == 120 and first.counts["batches_written"] == 3
+    assert progress == [(0, 120), (50, 120), (100, 120), (120, 120), (120, 120)]  # start, each batch, the end
     con = duckdb.connect(str(catalog), read_only=True)
     try:
         stored = con.execute(
@@ -72,6 +75,35 @@ def test_screen_flow_stores_ranks_reports_and_caches(tmp_path, prefect_harness):
 
     kinds = {(a.key, a.type) for a in asyncio.run(artifacts())}
     assert {("screen-top", "table"), ("screen-summary", "markdown")} <= kinds
+
+
+def test_flow_parameters_have_ui_descriptions():
+    """Every top-level parameter of the flows has a description in the schema the UI builds its form from."""
+    from flows.model_flows import evaluate, train
+    from flows.screen import screen
+
+    for flow in (screen, train, evaluate):
+        properties = flow.parameters.properties
+        assert properties and all(p.get("description") for p in properties.values()), flow.name
+    assert screen.parameters.properties["batch_size"]["description"] == "Candidates per task."
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    from flows.console import progress_bar
+
+    with progress_bar(True, "screening") as bar:  # pytest captures stderr: not a terminal, so no bar
+        bar.update(5, 10)
+        bar.advance(1)
+        assert bar._bar is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with progress_bar(True, "screening") as bar:
+        bar.update(50, None)
+        bar.update(100, 120, "ranking")
+        bar.advance(20)
+        (task,) = bar._bar.tasks
+        assert (task.completed, task.total, task.description) == (120, 120, "ranking")
+    with progress_bar(False, "screening") as bar:  # --no-progress
+        assert bar._bar is None
 
 
 @pytest.mark.slow
