@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from catalogs.catalog import DEFAULT_TEMPERATURES, Catalog, batch_tables, debye_curves
 from catalogs.ranking import RankingSpec, pareto_front, rank_run, thermo_lookup
-from catalogs.schema import FILTER_COPIES, PREDICTION_VALUES, THETA_KEY_SCALE
+from catalogs.schema import FILTER_COPIES, PREDICTION_VALUES, THETA_KEY_SCALE, theta_keys
 
 ELEMENTS = (  # noqa: SIM905
     "O N S Se F Cl Br I H Li Na K Rb Cs Mg Ca Sr Ba Al Ga In Si Ge Sn "
@@ -180,10 +180,11 @@ class NaiveCatalog:
 
     def append(self, rows: pl.DataFrame) -> int:
         candidates, predictions, _failures = batch_tables(self.run_id, rows)  # the same rows as Catalog.append
-        candidates = candidates.drop("candidate_key", "structure", "structure_format")
-        predictions = predictions.drop("candidate_key")
+        masks = ("mask_low", "mask_high")  # the naive layout has no integer keys, masks or filter copies
+        candidates = candidates.drop("candidate_key", "structure", "structure_format", *masks)
+        predictions = predictions.drop("candidate_key", "nelements", "spacegroup", *masks)
         with_theta = predictions.filter(pl.col("debye_temperature").is_not_null())
-        index = (with_theta["debye_temperature"].to_numpy() * THETA_KEY_SCALE).round().astype(np.int64) - self.key0
+        index = theta_keys(with_theta["debye_temperature"].to_numpy()) - self.key0
         curves = pa.table(
             {
                 "run_id": pa.array([self.run_id] * with_theta.height),
@@ -269,7 +270,10 @@ def polars_rank(parquet: Path, spec: RankingSpec) -> pl.DataFrame:
             lazy = lazy.filter(pl.col(name) <= bounds.max)
     if f.exclude_elements:
         lazy = lazy.filter(~pl.col("elements").list.set_intersection(f.exclude_elements).list.len().cast(pl.Boolean))
-    key = (pl.col("debye_temperature") * THETA_KEY_SCALE).round().cast(pl.Int32).alias("theta_key")
+    # the catalog's θ_D key (catalogs.schema.theta_keys): in double, half away from zero (θ_D > 0)
+    key = (
+        (pl.col("debye_temperature").cast(pl.Float64) * THETA_KEY_SCALE + 0.5).floor().cast(pl.Int32).alias("theta_key")
+    )
     if f.thermo:
         flt = f.thermo[0]
         keys = np.arange(50 * THETA_KEY_SCALE, 1500 * THETA_KEY_SCALE + 1)

@@ -41,7 +41,16 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from catalogs.schema import ELEMENTS, MIGRATIONS, PREDICTION_VALUES, SCHEMA_VERSION, THETA_KEY_SCALE, VIEWS
+from catalogs.schema import (
+    ELEMENTS,
+    MIGRATIONS,
+    PREDICTION_VALUES,
+    SCHEMA_VERSION,
+    THETA_KEY_SCALE,
+    VIEWS,
+    theta_key_sql,
+    theta_keys,
+)
 
 DEFAULT_TEMPERATURES = tuple(float(t) for t in np.linspace(10.0, 1000.0, 100))  # K: 10, 20, ..., 1000
 
@@ -109,6 +118,7 @@ class Catalog:
         self._migrated = False
         self._grids: dict[str, str] = {}  # run_id -> grid_id, for appends
         self.lock_wait_s = 0.0  # seconds this object waited for another process's lock on the file
+        self.lock_wait_max_s = 0.0  # the longest of those waits
         self.lock_waits = 0  # opens that had to wait
 
     # ------------------------------------------------------------------ connections
@@ -171,7 +181,8 @@ class Catalog:
             try:
                 con = duckdb.connect(str(self.path), read_only=not write, config=config)
                 if waited:
-                    self.lock_wait_s += time.monotonic() - first_try
+                    self.lock_wait_s += (wait := time.monotonic() - first_try)
+                    self.lock_wait_max_s = max(self.lock_wait_max_s, wait)
                     self.lock_waits += 1
                 return con
             except duckdb.IOException as exc:
@@ -235,6 +246,13 @@ class Catalog:
                             "INSERT INTO schema_version VALUES (?, now(), ?)",
                             [migration.version, migration.description],
                         )
+                if version < 4 <= target:  # keys once rounded half to even: add the curves the views now look up
+                    grids = con.sql(
+                        f"SELECT DISTINCT r.grid_id, {theta_key_sql('p.debye_temperature')} FROM predictions p "
+                        "JOIN runs r ON r.run_id = p.run_id WHERE p.debye_temperature IS NOT NULL"
+                    ).pl()
+                    for (gid,), keys in grids.group_by(grids.columns[0]):
+                        self._add_curves(con, gid, keys[:, 1].to_numpy())
                 if target == SCHEMA_VERSION:
                     for name, body in VIEWS.items():
                         con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
@@ -495,7 +513,7 @@ class Catalog:
         gid = self._grid_of(run_id)
         candidates, predictions, failures = batch_tables(run_id, rows)
         thetas = predictions["debye_temperature"].drop_nulls()
-        keys = np.unique(np.round(thetas.to_numpy() * THETA_KEY_SCALE).astype(np.int64))
+        keys = np.unique(theta_keys(thetas.to_numpy()))
         with self.connect(write=True) as con:
             con.register("batch_candidates", candidates.to_arrow())
             con.register("batch_predictions", predictions.to_arrow())

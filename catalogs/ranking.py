@@ -31,6 +31,7 @@ from catalogs.schema import (
     PROPERTY_COLUMNS,
     THETA_KEY_SCALE,
     element_mask,
+    theta_key_sql,
 )
 
 RANKABLE = tuple(c for c in PREDICTION_VALUES if not c.endswith("_std"))  # properties filters and objectives use
@@ -296,8 +297,7 @@ def compile_spec(spec: RankingSpec, run_param: str = "$run") -> tuple[str, dict[
 
     joins = ""
     joins += "".join(
-        f" LEFT JOIN {name} ON {name}.theta_key = CAST(round(p.debye_temperature * {THETA_KEY_SCALE}) AS INTEGER)"
-        for name in thermo.values()
+        f" LEFT JOIN {name} ON {name}.theta_key = {theta_key_sql('p.debye_temperature')}" for name in thermo.values()
     )
     objectives = []
     for o in spec.objectives:
@@ -433,8 +433,8 @@ def rank_run(catalog: Any, run_id: str, spec: RankingSpec, store: bool = True) -
         else:
             winners = winners.with_columns(pl.lit(False).alias("pareto"))
         con.register("winners", winners.to_arrow())
-        # Their rows are then read by row id (a direct read: a filter on any other column scans every row of the
-        # columns fetched); the candidates' row ids come from a scan of the key column alone.
+        # The winners' rows are read by row id (a direct read; a filter on any other column scans every row of
+        # the columns fetched), and their candidates' row ids come from a scan of the key column alone.
         con.execute(
             "CREATE TEMP TABLE chosen AS SELECT * FROM winners JOIN scored USING (candidate_key) JOIN "
             "(SELECT rowid AS candidate_row, candidate_key FROM candidates "
@@ -454,10 +454,7 @@ JOIN (SELECT rowid AS prediction_row, * FROM predictions WHERE rowid IN (SELECT 
 JOIN (SELECT rowid AS candidate_row, * FROM candidates WHERE rowid IN (SELECT candidate_row FROM chosen)) c
   USING (candidate_row)
 ORDER BY k.rank"""
-        ).pl()
-        con.execute("DROP VIEW scored")
-        for table in ("kept", "bounds", "chosen"):
-            con.execute(f"DROP TABLE {table}")
+        ).pl()  # the temporary tables go with the connection
     if store:
         store_ranking(catalog, run_id, spec, ranked)
     return ranked
@@ -491,7 +488,7 @@ def _register_thermo(con: Any, run_id: str, thermo: dict[tuple[str, float], str]
         if theta_keys is None:
             theta_keys = _column(
                 con.execute(
-                    f"SELECT DISTINCT CAST(round(debye_temperature * {THETA_KEY_SCALE}) AS INTEGER) "
+                    f"SELECT DISTINCT {theta_key_sql('debye_temperature')} "
                     "FROM predictions WHERE run_id = ? AND debye_temperature IS NOT NULL",
                     [run_id],
                 )

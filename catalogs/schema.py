@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 PROPERTY_COLUMNS = ("formation_energy_per_atom", "band_gap", "log10_k_vrh", "log10_g_vrh")
 PREDICTION_VALUES = (
     *[c for p in PROPERTY_COLUMNS for c in (p, f"{p}_std")],
@@ -32,6 +34,21 @@ PREDICTION_VALUES = (
     "cv_300K_std",
 )
 THETA_KEY_SCALE = 10  # θ_D key = round(θ_D × 10): curves stored per 0.1 K
+
+
+# The θ_D key, computed the same way in SQL and numpy: θ_D (FLOAT) widened to DOUBLE, times 10 (exact in
+# DOUBLE), rounded half away from zero (DuckDB's round). In float32, or with numpy's or polars' half-to-even
+# rounding, ~1 value in 2,000 lands on the neighbouring key (e.g. 400.05 -> 4000.5 -> 4000 or 4001).
+def theta_key_sql(column: str) -> str:
+    """SQL for the θ_D key of a θ_D column."""
+    return f"CAST(round(CAST({column} AS DOUBLE) * {THETA_KEY_SCALE}) AS INTEGER)"
+
+
+def theta_keys(theta: np.ndarray) -> np.ndarray:
+    """The θ_D keys of an array of θ_D values (the numpy twin of theta_key_sql)."""
+    scaled = np.asarray(theta).astype(np.float64) * THETA_KEY_SCALE
+    return (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int64)
+
 
 # Bit i of element_mask is ELEMENTS[i] (atomic number i + 1); 118 bits fit a HUGEINT.
 _SYMBOLS = (
@@ -203,7 +220,7 @@ FROM predictions p
 JOIN runs r ON r.run_id = p.run_id
 JOIN temperature_grids g ON g.grid_id = r.grid_id
 JOIN debye_curve_library l
-  ON l.grid_id = r.grid_id AND l.theta_key = CAST(round(p.debye_temperature * {THETA_KEY_SCALE}) AS INTEGER)""",
+  ON l.grid_id = r.grid_id AND l.theta_key = {theta_key_sql("p.debye_temperature")}""",
     "debye_curve_points": """
 SELECT run_id, candidate_id, unnest(temperature) AS temperature, unnest(cv) AS cv, unnest(u) AS u,
        unnest(s) AS s, unnest(f) AS f

@@ -17,7 +17,7 @@ import torch
 from catalogs.catalog import Catalog, CatalogError
 from catalogs.export import export_cifs, export_table, ranked_with_provenance
 from catalogs.ranking import RankingSpec, SpecError, compile_spec, pareto_front, rank_run
-from catalogs.schema import FILTER_COPIES, MIGRATIONS, SCHEMA_VERSION
+from catalogs.schema import FILTER_COPIES, MIGRATIONS, SCHEMA_VERSION, theta_keys
 from cloud_core.bundle import load_bundle
 from cloud_core.debye import debye_thermo
 from cloud_core.encode import EncodeSettings, encode_chunk
@@ -431,7 +431,7 @@ def _reference_ranking(rows: pl.DataFrame, spec: RankingSpec) -> pl.DataFrame:
         pl.col("canonical_scope").str.split(" | ").list.last().str.extract_all(r"[A-Z][a-z]?").alias("elements")
     )
     theta = frame["debye_temperature"].cast(pl.Float64).to_numpy()
-    keyed = np.round(theta * 10) / 10  # the catalog's 0.1 K θ_D key
+    keyed = theta_keys(theta) / 10  # the catalog's 0.1 K θ_D key
 
     def debye(quantity: str, temperature: float) -> pl.Series:
         t = torch.tensor(keyed, dtype=torch.float64)
@@ -549,3 +549,23 @@ def test_ranking_agrees_with_a_brute_force_reference_on_random_specs(tmp_path):
     ranked = rank_run(cat, run, spec)
     assert {"cv_300K", "cv_300K_debye", "objective_cv_300K_debye", "objective_cv_300K"} <= set(ranked.columns)
     assert (ranked["cv_300K_debye"] == ranked["objective_cv_300K_debye"]).all()
+
+
+def test_every_prediction_finds_its_debye_curve_on_rounding_ties(tmp_path):
+    # θ_D values whose key sits on a .5 tie in float32 or in double: numpy/polars round those half to even,
+    # DuckDB half away from zero; the catalog must use one rule for the library and the lookups
+    ties = [400.05, 400.25, 123.45, 50.05, 77.75, 250.65, 999.95, 301.15]
+    rows = _synthetic_rows(400, seed=5).filter(pl.col("error").is_null()).head(len(ties) * 20)
+    rows = rows.with_columns(pl.Series("debye_temperature", ties * 20, dtype=pl.Float32))
+    cat = Catalog(tmp_path / "c.duckdb")
+    run = cat.start_run(flow="screen")
+    cat.append(run, rows)
+    assert cat.query("SELECT count(*) FROM debye_curves").item() == rows.height
+    spec = RankingSpec.parse(
+        {"filters": {"thermo": [{"quantity": "cv", "temperature": 300, "min": 0.0}]}, "pareto": False, "top_k": 1000}
+    )
+    assert rank_run(cat, run, spec).height == rows.height  # the on-grid lookup finds every key
+    spec = RankingSpec.parse(
+        {"filters": {"thermo": [{"quantity": "cv", "temperature": 305, "min": 0.0}]}, "pareto": False, "top_k": 1000}
+    )
+    assert rank_run(cat, run, spec).height == rows.height  # and so does the computed one
