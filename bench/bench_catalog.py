@@ -14,6 +14,7 @@ ids, canonical SCOPE strings over ~40 elements so element filters select somethi
   lazy scan + the same filters, scaling, score, top-100 and the same numpy Pareto front.
 
     python bench/bench_catalog.py [--rows 1000000] [--batch 100000] [--repeats 5] [--skip-naive] [--keep]
+    python bench/bench_catalog.py --dir DIR --queries-only     # the queries again, on what a --keep run left
 
 Writes under /tmp/cs-bench (deleted at the end unless --keep) and prints a markdown table.
 """
@@ -318,6 +319,10 @@ def append_all(append, pool: pl.DataFrame, seed: int, batches: int, size: int, l
     return times, added
 
 
+def ratio(ref: float, ours: float) -> str:
+    return f"{ref / ours:.2f}x"
+
+
 def timed_median(fn, repeats: int) -> tuple[float, list[float], object]:
     times, result = [], None
     for _ in range(repeats):
@@ -345,12 +350,16 @@ def main() -> None:
     parser.add_argument("--skip-reappend", action="store_true", help="skip the idempotent re-append pass")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/cs-bench"))
     parser.add_argument("--keep", action="store_true", help="keep the files under --dir")
+    parser.add_argument(
+        "--queries-only", action="store_true", help="time the queries on the catalog and Parquet a --keep run left"
+    )
     args = parser.parse_args()
+    args.keep |= args.queries_only
     batches = -(-args.rows // args.batch)
     rows = batches * args.batch
-    if args.dir.exists():
+    if args.dir.exists() and not args.queries_only:
         shutil.rmtree(args.dir)
-    args.dir.mkdir(parents=True)
+    args.dir.mkdir(parents=True, exist_ok=True)
     print(
         f"{rows:,} rows in {batches} batches of {args.batch:,}; {load()}; duckdb {duckdb.__version__}", file=sys.stderr
     )
@@ -358,71 +367,75 @@ def main() -> None:
     results: list[tuple[str, str, str, str]] = []  # (measure, ours, reference, ratio)
 
     try:
-        # ------------------------------------------------------------ appends
         cat = Catalog(args.dir / "ours.duckdb")
-        run_id = cat.start_run(flow="bench", run_id="bench-run", source="synthetic")
-        ours_t, ours_added = append_all(
-            lambda b: cat.append(run_id, b).predictions_new, pool, args.seed, batches, args.batch, "ours"
-        )
-        ours_size = file_size(cat.path)
-        if not args.skip_reappend:
-            ours_re, ours_re_added = append_all(
-                lambda b: cat.append(run_id, b).predictions_new, pool, args.seed, batches, args.batch, "ours again"
-            )
+        run_id = "bench-run"
         naive = None
-        if not args.skip_naive:
-            naive = NaiveCatalog(args.dir / "naive.duckdb", run_id)
-            naive_t, _naive_added = append_all(naive.append, pool, args.seed, batches, args.batch, "naive")
-            naive_t[0] += naive.setup_s  # its one-off curve computation, as ours pays in its first batch
-            naive_size = file_size(naive.path)
-            if not args.skip_reappend:
-                naive_re, naive_re_added = append_all(naive.append, pool, args.seed, batches, args.batch, "naive again")
-        n_pred = cat.query("SELECT count(*) AS n FROM predictions").item()
-        n_curves = cat.query("SELECT count(*) AS n FROM debye_curve_library").item()
-
-        def rate(times: list[float]) -> str:
-            total = sum(times)
-            return f"{rows / total:,.0f} rows/s ({total:.1f} s; first batch {times[0]:.2f} s, last {times[-1]:.2f} s)"
-
-        def ratio(ref: float, ours: float) -> str:
-            return f"{ref / ours:.2f}x"
-
-        results.append(
-            (
-                f"append {rows:,} rows, {batches} x {args.batch:,}, one transaction each",
-                rate(ours_t),
-                rate(naive_t) if naive else "skipped",
-                ratio(sum(naive_t), sum(ours_t)) if naive else "",
+        if not args.queries_only:
+            # ------------------------------------------------------------ appends
+            run_id = cat.start_run(flow="bench", run_id=run_id, source="synthetic")
+            ours_t, ours_added = append_all(
+                lambda b: cat.append(run_id, b).predictions_new, pool, args.seed, batches, args.batch, "ours"
             )
-        )
-        if not args.skip_reappend:
+            ours_size = file_size(cat.path)
+            if not args.skip_reappend:
+                ours_re, ours_re_added = append_all(
+                    lambda b: cat.append(run_id, b).predictions_new, pool, args.seed, batches, args.batch, "ours again"
+                )
+            if not args.skip_naive:
+                naive = NaiveCatalog(args.dir / "naive.duckdb", run_id)
+                naive_t, _naive_added = append_all(naive.append, pool, args.seed, batches, args.batch, "naive")
+                naive_t[0] += naive.setup_s  # its one-off curve computation, as ours pays in its first batch
+                naive_size = file_size(naive.path)
+                if not args.skip_reappend:
+                    naive_re, naive_re_added = append_all(
+                        naive.append, pool, args.seed, batches, args.batch, "naive again"
+                    )
+            n_pred = cat.query("SELECT count(*) AS n FROM predictions").item()
+            n_curves = cat.query("SELECT count(*) AS n FROM debye_curve_library").item()
+
+            def rate(times: list[float]) -> str:
+                total = sum(times)
+                return (
+                    f"{rows / total:,.0f} rows/s ({total:.1f} s; first batch {times[0]:.2f} s, last {times[-1]:.2f} s)"
+                )
+
             results.append(
                 (
-                    "re-append the same batches (must add 0)",
-                    f"{sum(ours_re):.1f} s, added {ours_re_added}",
-                    f"{sum(naive_re):.1f} s, added {naive_re_added}" if naive else "skipped",
-                    ratio(sum(naive_re), sum(ours_re)) if naive else "",
+                    f"append {rows:,} rows, {batches} x {args.batch:,}, one transaction each",
+                    rate(ours_t),
+                    rate(naive_t) if naive else "skipped",
+                    ratio(sum(naive_t), sum(ours_t)) if naive else "",
                 )
             )
-        results.append(
-            (
-                "file size",
-                f"{ours_size / 2**20:,.0f} MiB ({n_pred:,} predictions, {n_curves:,} library curves)",
-                f"{naive_size / 2**20:,.0f} MiB" if naive else "skipped",
-                f"{naive_size / ours_size:.2f}x" if naive else "",
+            if not args.skip_reappend:
+                results.append(
+                    (
+                        "re-append the same batches (must add 0)",
+                        f"{sum(ours_re):.1f} s, added {ours_re_added}",
+                        f"{sum(naive_re):.1f} s, added {naive_re_added}" if naive else "skipped",
+                        ratio(sum(naive_re), sum(ours_re)) if naive else "",
+                    )
+                )
+            results.append(
+                (
+                    "file size",
+                    f"{ours_size / 2**20:,.0f} MiB ({n_pred:,} predictions, {n_curves:,} library curves)",
+                    f"{naive_size / 2**20:,.0f} MiB" if naive else "skipped",
+                    f"{naive_size / ours_size:.2f}x" if naive else "",
+                )
             )
-        )
-        assert ours_added == n_pred == rows, (ours_added, n_pred, rows)
+            assert ours_added == n_pred == rows, (ours_added, n_pred, rows)
 
         # ------------------------------------------------------------ queries
         parquet = args.dir / "export.parquet"
         started = time.perf_counter()
-        cat.query(
-            f"SELECT p.* EXCLUDE (run_id, model_scope, {', '.join(FILTER_COPIES)}), c.formula, c.spacegroup, "
-            "c.crystal_system, c.nelements, c.elements, c.scope "
-            "FROM predictions p JOIN candidates c USING (candidate_id) WHERE p.run_id = ?",
-            [run_id],
-        ).write_parquet(parquet)
+        if not parquet.exists():
+            cat.query(
+                f"SELECT p.* EXCLUDE (run_id, model_scope, {', '.join(FILTER_COPIES)}), c.formula, c.spacegroup, "
+                "c.crystal_system, c.nelements, c.elements, c.scope "
+                "FROM predictions p JOIN candidates c USING (candidate_id) WHERE p.run_id = ?",
+                [run_id],
+            ).write_parquet(parquet)
         print(f"  parquet export for the polars reference: {time.perf_counter() - started:.1f} s", file=sys.stderr)
         for label, raw in SPECS.items():
             spec = RankingSpec.parse(raw)

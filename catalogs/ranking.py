@@ -395,6 +395,7 @@ def _sweep(better: np.ndarray, block: int) -> np.ndarray:
 
 PIVOT_ROWS = 2048  # best-scored rows whose front prunes the rest before the exact Pareto sweep
 MAX_PIVOTS = 64
+MAX_COUNTED_RANKS = 32  # front members beyond the top k ranked by counting; more are ranked by a window sort
 
 
 def rank_run(catalog: Any, run_id: str, spec: RankingSpec, store: bool = True) -> pl.DataFrame:
@@ -530,9 +531,20 @@ def _front_keys(con: Any, spec: RankingSpec, objective_columns: str) -> np.ndarr
 def _ranks_of(con: Any, keys: np.ndarray) -> pl.DataFrame:
     """The rank (1 = best score, ties by candidate key) of kept rows beyond the top k, e.g. front members.
 
-    Only rows scored at least as high as the lowest of them can come first, so the window sorts those alone.
+    A few rows: one scan counts the rows ahead of each (one filtered count per row). More: a window sorts the
+    rows scored at least as high as the lowest of them (only those can come first).
     """
     con.register("wanted", pl.DataFrame({"candidate_key": keys}, schema={"candidate_key": pl.UInt64}).to_arrow())
+    if len(keys) <= MAX_COUNTED_RANKS:
+        members = con.execute("SELECT candidate_key, score FROM scored JOIN wanted USING (candidate_key)").fetchall()
+        sql = _Sql()
+        counts = [
+            f"1 + count(*) FILTER (WHERE score > {(s := sql.param(score))} OR "
+            f"(score = {s} AND candidate_key < {sql.param(key)}))"
+            for key, score in members
+        ]
+        ranks = con.execute(f"SELECT {', '.join(counts)} FROM scored", sql.params).fetchall()[0]
+        return pl.DataFrame({"candidate_key": [k for k, _ in members], "rank": list(ranks)}, schema=_WINNERS)
     return (
         con.sql(
             """SELECT candidate_key, rank FROM (

@@ -106,7 +106,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             """CREATE TABLE runs (
     run_id VARCHAR NOT NULL,
     flow VARCHAR NOT NULL,
-    status VARCHAR NOT NULL,           -- running | completed | failed
+    status VARCHAR NOT NULL,           -- running | completed | failed | interrupted
     started_at TIMESTAMPTZ NOT NULL,
     finished_at TIMESTAMPTZ,
     source VARCHAR,

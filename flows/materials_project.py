@@ -422,6 +422,25 @@ class RetrySettings:
             raise ValueError(f"invalid {self}: retries and delays must be >= 0, the timeout > 0")
 
 
+class IncompleteAnswer(requests.RequestException):
+    """A 200 answer whose JSON body does not parse: cut short on the way, or broken by the server."""
+
+
+def _json_problem(response: requests.Response) -> str | None:
+    """Why a JSON answer's body does not parse (a cut-short body), or None when it parses or is not JSON."""
+    if response.status_code != 200 or "json" not in response.headers.get("Content-Type", ""):
+        return None
+    try:
+        from orjson import loads  # what mp-api parses with (~10 ms for a page of 1,000 structures)
+    except ImportError:
+        from json import loads
+    try:
+        loads(response.content)
+    except ValueError as exc:  # orjson.JSONDecodeError is a ValueError too
+        return _one_line(exc, 120)
+    return None
+
+
 class _RetryingSession(requests.Session):
     """A requests session that retries transient failures itself and remembers the last outcome.
 
@@ -446,13 +465,20 @@ class _RetryingSession(requests.Session):
             last = attempt == self.retry.max_retries
             try:
                 response = super().request(method, url, *args, **kwargs)
-            except (requests.Timeout, requests.ConnectionError) as exc:
-                self.last_error = exc
+            except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                self.last_error = exc  # ChunkedEncodingError: the connection broke in the body (IncompleteRead)
                 if last:
                     raise
                 self._wait(attempt, None, f"{type(exc).__name__}")
                 continue
             self.last_status = response.status_code
+            if problem := _json_problem(response):
+                self.last_error = IncompleteAnswer(problem)
+                if last:
+                    return response  # mp-api fails on it; _failure_line says why from last_error
+                response.close()
+                self._wait(attempt, None, f"invalid JSON ({problem})")
+                continue
             if response.status_code not in RETRY_STATUSES or last:
                 return response
             response.close()
@@ -500,6 +526,16 @@ def _failure_line(exc: BaseException, session: _RetryingSession | None, endpoint
         return (
             f"Materials Project server error (HTTP {status}) {tries} at {endpoint}; try again later "
             "(status: https://status.materialsproject.org/)"
+        )
+    if isinstance(error, (IncompleteAnswer, requests.exceptions.ChunkedEncodingError)):
+        if isinstance(error, IncompleteAnswer):
+            what = f"invalid JSON: {error}"
+        else:  # requests' text repeats urllib3's: keep its IncompleteRead(... bytes read, ... more expected)
+            found = re.search(r"IncompleteRead\([^)]*\)", str(error))
+            what = f"the connection broke mid-answer: {found.group(0) if found else _one_line(error, 120)}"
+        return (
+            f"Materials Project sent an incomplete answer ({what}) {tries} at "
+            f"{endpoint}; nothing was stored, try again later"
         )
     if isinstance(error, requests.Timeout):
         return f"Materials Project did not answer within {retry.timeout_s:g} s {tries} at {endpoint}; try again later"

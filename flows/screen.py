@@ -169,6 +169,7 @@ def write_batch(
         "predictions_new": counts.predictions_new,
         "failures_new": counts.failures_new,
         "lock_wait_s": store.lock_wait_s,
+        "lock_wait_max_s": store.lock_wait_max_s,
     }
 
 
@@ -242,8 +243,9 @@ def _end_run(status: str) -> Callable[..., None]:
         if not store.runs_here(run_id):  # it never started, already finished, or another process runs it
             return
         reason = " ".join(str(state.message or state.name).split()).removeprefix("Flow run encountered an exception: ")
+        resume = f"; resume it with `cloud-screen screen --catalog {store.path} --resume {run_id}`"
         try:
-            store.finish_run(run_id, status, message=f"{status}: {reason}"[:1000])
+            store.finish_run(run_id, status, message=f"{status}: {reason[:800]}{resume}")
         except Exception as exc:  # a full disk: the row stays `running` and a later run marks it interrupted
             get_run_logger().warning("could not record run %s as %s: %s", run_id, status, exc)
 
@@ -313,7 +315,7 @@ def screen(
     expected = source.count if source.kind == "demo" else None
     progress = _Progress(catalog, expected)
     counts = {"candidates": 0, "predicted": 0, "failed": 0, "candidates_new": 0, "predictions_new": 0}
-    timings = {"encode_s": 0.0, "infer_s": 0.0, "write_s": 0.0, "lock_wait_s": 0.0}
+    timings = {"encode_s": 0.0, "infer_s": 0.0, "write_s": 0.0, "lock_wait_s": 0.0, "lock_wait_max_s": 0.0}
 
     def drain(pending: deque) -> None:
         _, future = pending.popleft()
@@ -324,6 +326,7 @@ def screen(
         written = write_batch(catalog, run_id, rows, counts["batches_written"], catalog_wait)
         timings["write_s"] += time.perf_counter() - t
         timings["lock_wait_s"] += written["lock_wait_s"]
+        timings["lock_wait_max_s"] = max(timings["lock_wait_max_s"], written["lock_wait_max_s"])
         counts["batches_written"] += 1
         counts["candidates"] += rows.height
         failed = int((rows["candidate_id"].is_null() | rows["error"].is_not_null()).sum())
@@ -350,6 +353,7 @@ def screen(
     timings["rank_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     timings["lock_wait_s"] += store.lock_wait_s  # start and ranking; the batches' waits are in already
+    timings["lock_wait_max_s"] = max(timings["lock_wait_max_s"], store.lock_wait_max_s)
     store.finish_run(run_id, "completed", counts=counts, timings=timings)
 
     report_path = None

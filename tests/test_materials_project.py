@@ -74,6 +74,11 @@ class FakeMP:
         self.always_status: int | None = None  # every summary request answers with this
         self.heartbeat_status: int | None = None
         self.delay_s = 0.0
+        self.retry_after = "0"  # the Retry-After header of a 429
+        # Cut-short answers: "length" (the connection closes before Content-Length bytes) or "json" (a body
+        # cut in the middle, with a matching Content-Length), for the next summary requests in order ...
+        self.truncated: list[str] = []
+        self.truncate_skip: int | None = None  # ... and "json" for every request of the page at this _skip
         self.lock = threading.Lock()
         self.endpoint = ""
 
@@ -86,14 +91,19 @@ def _handler(fake: FakeMP) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:  # keep pytest output clean
             pass
 
-        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None, cut: str | None = None) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
+            if cut == "json":
+                data = data[: len(data) // 2]
             self.send_header("Content-Length", str(len(data)))
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
             self.end_headers()
+            if cut == "length":
+                data = data[: len(data) // 2]
+                self.close_connection = True
             self.wfile.write(data)
 
         def do_GET(self) -> None:
@@ -113,19 +123,23 @@ def _handler(fake: FakeMP) -> type[BaseHTTPRequestHandler]:
                 fake.summary_params.append(params)
                 fake.summary_keys.append(self.headers.get("x-api-key"))
                 status = fake.failures.pop(0) if fake.failures else fake.always_status
+                cut = fake.truncated.pop(0) if fake.truncated and status is None else None
+                if fake.truncate_skip is not None and int(params.get("_skip", 0)) == fake.truncate_skip:
+                    cut = "json"
             if fake.delay_s:
                 time.sleep(fake.delay_s)
             if self.headers.get("x-api-key") != KEY:
                 return self._send(401, {"detail": "Invalid API key"})
             if status is not None:
-                return self._send(status, {"detail": f"status {status}"}, {"Retry-After": "0"} if status == 429 else {})
+                retry_after = {"Retry-After": fake.retry_after} if status == 429 else {}
+                return self._send(status, {"detail": f"status {status}"}, retry_after)
             fields = params.get("_fields", "").split(",")
             skip, limit = int(params.get("_skip", 0)), int(params.get("_limit", 1000))
             page = [
                 {k: v for k, v in doc.items() if k in fields} if isinstance(doc, dict) else doc
                 for doc in fake.docs[skip : skip + limit]
             ]
-            return self._send(200, {"data": page, "meta": {"total_doc": len(fake.docs), "max_limit": 1000}})
+            return self._send(200, {"data": page, "meta": {"total_doc": len(fake.docs), "max_limit": 1000}}, cut=cut)
 
     return Handler
 
@@ -341,6 +355,88 @@ def test_timeouts_are_retried_then_one_line(fake_mp: FakeMP, tmp_path: Path) -> 
         fetch_candidates(_query(), cache_dir=tmp_path, retry=retry)
     assert "\n" not in str(info.value)
     assert fake_mp.summary_hits() == 2
+
+
+def test_cut_short_answers_are_retried_then_succeed(fake_mp: FakeMP, tmp_path: Path) -> None:
+    """A connection that breaks in the body (IncompleteRead), then a body cut in the middle of its JSON."""
+    fake_mp.truncated = ["length", "json"]
+    raws = fetch_candidates(_query(), cache_dir=tmp_path, retry=FAST)
+    assert [r.id for r in raws] == ["mp-22862", "mp-149"]
+    assert fake_mp.summary_hits() == 3
+
+
+@pytest.mark.parametrize(
+    ("cut", "reason"),
+    [
+        ("json", "invalid JSON: unexpected end of data"),
+        ("length", "the connection broke mid-answer: IncompleteRead("),
+    ],
+)
+def test_persistently_cut_short_answer_is_one_line_and_never_cached(
+    fake_mp: FakeMP, tmp_path: Path, cut: str, reason: str
+) -> None:
+    fake_mp.truncated = [cut] * 3
+    with pytest.raises(MPSourceError) as info:
+        fetch_candidates(_query(), cache_dir=tmp_path, retry=FAST)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert message.startswith("Materials Project sent an incomplete answer (") and reason in message
+    assert "after 2 retries" in message and "nothing was stored" in message
+    assert fake_mp.summary_hits() == 3
+    assert not list(tmp_path.glob("*.jsonl")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_retry_after_is_waited_for_up_to_the_cap(fake_mp: FakeMP, tmp_path: Path) -> None:
+    patient = RetrySettings(max_retries=2, backoff_s=0.01, max_delay_s=5.0, timeout_s=2.0)
+    fake_mp.retry_after, fake_mp.failures = "1", [429]
+    started = time.monotonic()
+    assert len(fetch_candidates(_query(), cache_dir=tmp_path, retry=patient)) == 2
+    assert 1.0 <= time.monotonic() - started < 4.0  # the server's 1 s, not the 0.01 s back-off
+    # a server that asks for 30 s waits no more than max_delay_s, and a persistent 429 is one line
+    fake_mp.retry_after, fake_mp.always_status = "30", 429
+    capped = RetrySettings(max_retries=2, backoff_s=0.01, max_delay_s=0.2, timeout_s=2.0)
+    started = time.monotonic()
+    with pytest.raises(MPSourceError) as info:
+        fetch_candidates(_query(), cache_dir=tmp_path, retry=capped, refresh=True)
+    assert time.monotonic() - started < 3.0
+    assert "rate-limiting requests (HTTP 429) after 2 retries" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_failed_page_stores_no_partial_batch_through_the_screen_flow(
+    fake_mp: FakeMP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness
+) -> None:
+    """Page 2 of 3 always comes back cut short: the screen flow fails with the one line, stores no candidate and
+    no prediction, records the run as failed, caches nothing; when the server is well, --resume finishes it."""
+    import flows.materials_project as mp
+    from catalogs.catalog import Catalog
+    from flows.screen import screen
+    from flows.sources import SourceSpec
+
+    si = _structures()["mp-149"]
+    fake_mp.docs = [
+        _document(f"mp-{i + 1}", si.copy().scale_lattice(si.volume * 1.1**i)) for i in range(5)
+    ]  # distinct cells
+    monkeypatch.setattr(mp, "MAX_PAGE_SIZE", 2)  # 5 materials: pages of 2, 2 and 1
+    monkeypatch.setattr(mp, "fetch_candidates", functools.partial(mp.fetch_candidates, retry=FAST))
+    fake_mp.truncate_skip = 2
+    catalog = tmp_path / "mp.duckdb"
+    source = SourceSpec(kind="mp", mp_query="elements=Si:max=5")
+    with pytest.raises(MPSourceError, match=r"incomplete answer \(invalid JSON") as info:
+        screen(catalog=str(catalog), source=source, batch_size=16, report=False, encode_workers=1)
+    skips = [p.get("_skip", "0") for p in fake_mp.summary_params]
+    assert skips.count("0") == 1 and skips.count("2") == 3  # page 1 came, page 2 was tried 1 + 2 times
+    store = Catalog(catalog)
+    run = store.query("SELECT run_id, status, message FROM runs").row(0, named=True)
+    assert run["status"] == "failed" and str(info.value) in run["message"]
+    assert store.query("SELECT (SELECT count(*) FROM predictions) + (SELECT count(*) FROM candidates)").item() == 0
+    assert not list((tmp_path / "default-cache").rglob("*.jsonl"))
+
+    fake_mp.truncate_skip = None
+    result = screen(catalog=str(catalog), source=source, batch_size=16, report=False, resume=run["run_id"])
+    assert result.run_id == run["run_id"] and result.counts["predicted"] == 5
+    done = store.query("SELECT status, message FROM runs").row(0, named=True)
+    assert done["status"] == "completed" and "after it was failed" in done["message"]
+    assert store.query("SELECT count(*), count(DISTINCT candidate_id) FROM predictions").row(0) == (5, 5)
 
 
 def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
