@@ -295,8 +295,7 @@ def compile_spec(spec: RankingSpec, run_param: str = "$run") -> tuple[str, dict[
         where.append(f"list_contains({sql.param(numbers)}::SMALLINT[], p.spacegroup)")
     where += _range_sql(sql, "p.nelements", f.nelements)
 
-    joins = ""
-    joins += "".join(
+    joins = "".join(
         f" LEFT JOIN {name} ON {name}.theta_key = {theta_key_sql('p.debye_temperature')}" for name in thermo.values()
     )
     objectives = []
