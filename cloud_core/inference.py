@@ -1,8 +1,12 @@
 """Batched inference: SCOPE strings in, property predictions with uncertainties out (a polars table).
 
-Strings are sorted by token count and cut into batches, so each batch pads only to its own longest string;
-the output keeps the input order. A string the model cannot take (tokens outside the vocabulary, longer
-than the model's context) gets a null prediction and an `error` reason; the batch goes on.
+Strings are sorted by the length the model sees (tokens after the generator code is pooled into one) and cut
+into batches that pad only to their own longest string: a batch takes at most `batch_size` strings and grows
+only while its padded tokens stay within `PADDING_SLACK` of its real ones (or below `min_batch_tokens`), so
+the long tail of SCOPE strings (detailed strings of large cells run to ~190 tokens, the median is ~20) gets
+batches of its own instead of widening a batch of short strings. The output keeps the input order. A string
+the model cannot take (tokens outside the vocabulary, longer than the model's context) gets a null prediction
+and an `error` reason; the batch goes on.
 
 Out of memory (CUDA's `torch.OutOfMemoryError`, or an allocator's "out of memory" error): the batch is halved
 and tried again, and the rest of the call keeps the smaller size (strings come longest last); a string that does
@@ -20,9 +24,15 @@ import torch
 
 from cloud_core.debye import debye_cv
 from cloud_core.model import CloudModel
-from cloud_core.tokenizer import tokenize
+from cloud_core.tokenizer import Batch, generator_id_range, tokenize
 
 CV_REPORT_TEMPERATURE = 300.0  # K: `cv_300K`, the heat capacity every prediction table carries
+# Batching (see the module docstring): padded tokens at most (1 + PADDING_SLACK) x real tokens, unless the batch
+# is below MIN_BATCH_TOKENS padded tokens (where per-batch overhead matters more than padding). Measured on the
+# 2-core CPU (bench/bench_inference.py); the CUDA value keeps the common strings in one large batch and is a
+# guess until measured on a GPU.
+PADDING_SLACK = 0.25
+MIN_BATCH_TOKENS = {"cpu": 2048, "cuda": 32768}
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +53,41 @@ def prediction_columns(model: CloudModel) -> list[str]:
     return [*columns, "debye_temperature", "cv_300K", "cv_300K_std"]
 
 
+def model_lengths(model: CloudModel, tokens: Batch) -> np.ndarray:
+    """Sequence length each row of `tokens` has inside the model: with generator pooling, the generator
+    characters become one token (see model.Encoder._pool_generators, which always adds that token)."""
+    lengths = tokens.mask.sum(1)
+    if model.config.pool_generators:
+        first, count = generator_id_range()
+        generator = tokens.mask & (tokens.segments == 0) & (tokens.ids >= first) & (tokens.ids < first + count)
+        lengths = lengths - generator.sum(1) + 1
+    return lengths.numpy()
+
+
+def batch_end(lengths: np.ndarray, start: int, size: int, min_tokens: int) -> int:
+    """End of the batch of sorted (ascending) `lengths` that begins at `start`: at most `size` rows, at least
+    one; it grows while its padded tokens stay within PADDING_SLACK of its real tokens or below `min_tokens`."""
+    part = lengths[start : start + size]
+    padded = part * np.arange(1, len(part) + 1)  # tokens of the batch [start, start + k], padded to its last
+    fits = (padded <= min_tokens) | (padded <= (1 + PADDING_SLACK) * np.cumsum(part))
+    return start + max(1, int(np.argmin(fits)) if not fits.all() else len(part))
+
+
 @torch.no_grad()
 def predict_strings(
-    model: CloudModel, scopes: Sequence[str | None], device: torch.device | str = "cpu", batch_size: int = 2048
+    model: CloudModel,
+    scopes: Sequence[str | None],
+    device: torch.device | str = "cpu",
+    batch_size: int = 2048,
+    min_batch_tokens: int | None = None,
 ) -> pl.DataFrame:
-    """One row per input string: prediction columns (physical units) and `error` (null when predicted)."""
+    """One row per input string: prediction columns (physical units) and `error` (null when predicted).
+
+    `min_batch_tokens`: below this many padded tokens a batch grows whatever its padding (default by device
+    type, MIN_BATCH_TOKENS); `batch_size` caps the strings per batch."""
     device = torch.device(device)
+    if min_batch_tokens is None:
+        min_batch_tokens = MIN_BATCH_TOKENS.get(device.type, MIN_BATCH_TOKENS["cuda"])
     model.eval()
     n = len(scopes)
     present = np.array([s is not None for s in scopes], dtype=bool)
@@ -65,7 +104,9 @@ def predict_strings(
 
     usable = present[tokens.rows] & ~bad_vocab[tokens.rows]  # batch rows worth running
     order = np.flatnonzero(usable)
-    order = order[np.argsort(tokens.mask[order].sum(1).numpy(), kind="stable")]
+    lengths = model_lengths(model, tokens)
+    order = order[np.argsort(lengths[order], kind="stable")]
+    lengths = lengths[order]  # aligned with `order`, ascending
     columns = prediction_columns(model)
     out = {c: np.full(n, np.nan, dtype=np.float64) for c in columns}
     autocast = (
@@ -73,7 +114,7 @@ def predict_strings(
     )
     start, size = 0, max(1, batch_size)
     while start < len(order):
-        rows = order[start : start + size]  # rows of `tokens`
+        rows = order[start : batch_end(lengths, start, size, min_batch_tokens)]  # rows of `tokens`
         out_of_memory = False
         try:
             batch = tokens.select(torch.from_numpy(rows), device)
