@@ -394,6 +394,7 @@ def _sweep(better: np.ndarray, block: int) -> np.ndarray:
 
 PIVOT_ROWS = 2048  # best-scored rows whose front prunes the rest before the exact Pareto sweep
 MAX_PIVOTS = 64
+BEST_FIRST = "score DESC, candidate_key"  # the rank order: score, ties by key (= by the hex candidate id)
 MAX_COUNTED_RANKS = 32  # front members beyond the top k ranked by counting; more are ranked by a window sort
 
 
@@ -421,8 +422,7 @@ def rank_run(catalog: Any, run_id: str, spec: RankingSpec, store: bool = True) -
         bounds, score, score_params = score_sql(spec)
         con.execute(f"CREATE TEMP TABLE bounds AS {bounds}", score_params)
         con.execute(f"CREATE TEMP VIEW scored AS SELECT kept.*, {score} AS score FROM kept, bounds")
-        best_first = "ORDER BY score DESC, candidate_key"
-        top = _column(con.execute(f"SELECT candidate_key FROM scored {best_first} LIMIT {int(spec.top_k)}"))
+        top = _column(con.execute(f"SELECT candidate_key FROM scored ORDER BY {BEST_FIRST} LIMIT {int(spec.top_k)}"))
         winners = pl.DataFrame({"candidate_key": top, "rank": np.arange(1, len(top) + 1)}, schema=_WINNERS)
         if spec.pareto:
             front = _front_keys(con, spec, objective_columns)
@@ -504,7 +504,7 @@ def _column(result: Any) -> np.ndarray:
 def _front_keys(con: Any, spec: RankingSpec, objective_columns: str) -> np.ndarray:
     """Keys of the Pareto-front members among the kept rows (see rank_run)."""
     maximize = np.array([o.direction == "maximize" for o in spec.objectives])
-    head = con.execute(f"SELECT {objective_columns} FROM scored ORDER BY score DESC, candidate_key LIMIT {PIVOT_ROWS}")
+    head = con.execute(f"SELECT {objective_columns} FROM scored ORDER BY {BEST_FIRST} LIMIT {PIVOT_ROWS}")
     head_values = np.column_stack(list(head.fetchnumpy().values())).astype(np.float64)
     pivots = head_values[pareto_front(head_values, maximize)] if len(head_values) else head_values
     if len(pivots) > MAX_PIVOTS:  # spread along the front (they come best-scored first)
@@ -546,8 +546,8 @@ def _ranks_of(con: Any, keys: np.ndarray) -> pl.DataFrame:
         return pl.DataFrame({"candidate_key": [k for k, _ in members], "rank": list(ranks)}, schema=_WINNERS)
     return (
         con.sql(
-            """SELECT candidate_key, rank FROM (
-  SELECT candidate_key, row_number() OVER (ORDER BY score DESC, candidate_key) AS rank FROM scored
+            f"""SELECT candidate_key, rank FROM (
+  SELECT candidate_key, row_number() OVER (ORDER BY {BEST_FIRST}) AS rank FROM scored
   WHERE score >= (SELECT min(s.score) FROM scored s JOIN wanted w ON w.candidate_key = s.candidate_key)
 ) WHERE candidate_key IN (SELECT candidate_key FROM wanted)"""
         )

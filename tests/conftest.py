@@ -21,6 +21,17 @@ CHROMIUM_ARGS = [
 ]
 
 
+def sync_playwright_or_skip():
+    """The sync Playwright entry point, or skip when Playwright or Debian's chromium is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright not installed (pip install playwright; the system chromium is used)")
+    return sync_playwright
+
+
 def shared_file(name: str) -> Path:
     """A file of ../shared/data, or skip the test when the datasets are not beside the checkout."""
     path = SHARED_DATA / name

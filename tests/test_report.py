@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from catalogs.report import MAX_CURVES, write_report
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_skip
 
 HOSTILE_ID = "<script>alert(1)</script>"
 HOSTILE_FORMULA = "<img src=x onerror=alert(2)>"
@@ -164,17 +164,6 @@ def test_report_limits_curves(report: Path) -> None:
 # --- headless Chromium ---------------------------------------------------------------------------------------------
 
 
-def _playwright():
-    """The sync Playwright entry point, or skip when Playwright or Debian's chromium is missing."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright not installed (pip install playwright; the system chromium is used)")
-    return sync_playwright
-
-
 def _artifacts(tmp_path: Path) -> Path:
     """Where screenshots go: $CLOUD_SCREEN_ARTIFACTS when set (CI keeps them), else the test's tmp_path."""
     folder = Path(os.environ.get("CLOUD_SCREEN_ARTIFACTS") or tmp_path)
@@ -196,7 +185,7 @@ def _assert_not_blank(png: bytes) -> None:
 
 @pytest.mark.browser
 def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
-    sync_playwright = _playwright()
+    sync_playwright = sync_playwright_or_skip()
     errors: list[str] = []
     dialogs: list[str] = []
     requests: list[str] = []

@@ -22,22 +22,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, ROOT
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, sync_playwright_or_skip
 
 COUNT = 150  # demo candidates of the UI-triggered run
 BATCH_SIZE = 64  # several batches, so the run exercises the encode/infer overlap
 T = TypeVar("T")
-
-
-def _playwright():
-    """The sync Playwright entry point, or skip when Playwright or Debian's chromium is missing."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright not installed (pip install playwright; the system chromium is used)")
-    return sync_playwright
 
 
 def _free_port() -> int:
@@ -90,7 +79,7 @@ def _stop(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A `prefect server start` bound to 127.0.0.1 on a free port, with a fresh PREFECT_HOME."""
-    _playwright()
+    sync_playwright_or_skip()
     import httpx
 
     home = tmp_path_factory.mktemp("prefect-home")
@@ -231,7 +220,7 @@ def test_nightly_schedule_creates_scheduled_runs(served: dict[str, Any]) -> None
 def test_custom_run_from_the_ui_fills_the_catalog(served: dict[str, Any], tmp_path: Path) -> None:
     import httpx
 
-    sync_playwright = _playwright()
+    sync_playwright = sync_playwright_or_skip()
     artifacts = Path(os.environ.get("CLOUD_SCREEN_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
     catalog = tmp_path / "ui-catalog.duckdb"
