@@ -13,12 +13,12 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported when weights are saved or loaded, so a card can be read without it
+    import torch
 
-from cloud_core.model import CloudModel, ModelConfig
-from cloud_core.tokenizer import vocabulary_hash
+    from cloud_core.model import CloudModel
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -72,7 +72,10 @@ def sha256_file(path: Path) -> str:
 
 def save_bundle(folder: Path, model: CloudModel, card: dict[str, Any]) -> Path:
     """Write weights (float32 safetensors) and the card; returns the folder."""
+    import torch
     from safetensors.torch import save_file
+
+    from cloud_core.tokenizer import vocabulary_hash
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
@@ -105,23 +108,12 @@ def _not_safetensors(path: Path) -> str | None:
     return None
 
 
-def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """Load and check a bundle; BundleError with the reason when it cannot be used."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def read_card(name_or_path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A bundle's folder and card (JSON only: no torch, no weights); BundleError when either is unusable."""
     folder = resolve(name_or_path)
     if folder.is_file():
         raise BundleError(f"{folder} is a file; a model bundle is a folder with {WEIGHTS} and {CARD}")
-    weights, card_path = folder / WEIGHTS, folder / CARD
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-    if pickles:  # refused even beside safetensors weights: a bundle is exactly weights + card
-        raise BundleError(
-            f"{folder} holds pickled weights ({', '.join(pickles)}), which cloud-screen never loads "
-            f"(unpickling runs code); convert them to {WEIGHTS} and remove them from the bundle"
-        )
-    if not weights.exists():
-        raise BundleError(f"{folder} has no {WEIGHTS}")
+    card_path = folder / CARD
     if not card_path.exists():
         raise BundleError(f"{folder} has no {CARD}")
     try:
@@ -130,6 +122,29 @@ def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") ->
         raise BundleError(f"{card_path} is not valid JSON ({exc})") from None
     if not isinstance(card, dict):
         raise BundleError(f"{card_path} is not a model card (a JSON object)")
+    return folder, card
+
+
+def load_bundle(name_or_path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Load and check a bundle; BundleError with the reason when it cannot be used."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from cloud_core.model import CloudModel, ModelConfig
+    from cloud_core.tokenizer import vocabulary_hash
+
+    folder = resolve(name_or_path)
+    if folder.is_dir():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:  # refused even beside safetensors weights: a bundle is exactly weights + card
+            raise BundleError(
+                f"{folder} holds pickled weights ({', '.join(pickles)}), which cloud-screen never loads "
+                f"(unpickling runs code); convert them to {WEIGHTS} and remove them from the bundle"
+            )
+        if not (folder / WEIGHTS).exists():
+            raise BundleError(f"{folder} has no {WEIGHTS}")
+    folder, card = read_card(folder)
+    weights, card_path = folder / WEIGHTS, folder / CARD
     if card.get("vocabulary_hash") != vocabulary_hash():
         raise BundleError(
             f"{folder} was trained with another SCOPE vocabulary (hash {str(card.get('vocabulary_hash'))[:12]}, "

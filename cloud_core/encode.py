@@ -233,31 +233,47 @@ def _chunks(items: Iterable[RawInput], size: int) -> Iterator[list[RawInput]]:
         yield chunk
 
 
+@contextlib.contextmanager
+def encoder_pool(workers: int) -> Iterator[Any]:
+    """A pool of `workers` encoder processes, started now (for `encode_stream(..., pool=)`).
+
+    Starting the pool before a large library is imported (torch, in `predict`) keeps the workers small and
+    lets them encode while the parent imports and loads the model. Leaving the block early (an error, an
+    abandoned stream) terminates the workers; a stream that ran to the end has let them exit on their own."""
+    # fork: workers inherit the imported libraries instead of importing them again (Linux default).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with _worker_signals_blocked():  # workers start with them blocked; _init_worker sets and unblocks them
+        pool = multiprocessing.get_context(method).Pool(max(1, workers), initializer=_init_worker)
+    with pool:
+        yield pool
+
+
 def encode_stream(
     raws: Iterable[RawInput],
     settings: EncodeSettings,
     workers: int = 1,
     chunk_size: int = 256,
     on_chunk: Callable[[int], None] | None = None,
+    pool: Any = None,
 ) -> Iterator[pl.DataFrame]:
     """Encode a stream of raw inputs, yielding one frame per chunk in input order.
 
-    With workers > 1 the chunks go to a process pool, at most 2 x workers in flight, so the reader never
-    runs ahead of the encoders by more than that (bounded memory for any input size).
+    With `pool` (see `encoder_pool`), or with workers > 1 (a pool of its own), the chunks go to worker
+    processes, at most 2 x workers in flight, so the reader never runs ahead of the encoders by more than
+    that (bounded memory for any input size). Otherwise this process encodes them one by one.
     """
     chunks = _chunks(raws, chunk_size)
-    if workers <= 1:
+    if pool is None and workers <= 1:
         for chunk in chunks:
             frame = encode_chunk(chunk, settings)
             if on_chunk:
                 on_chunk(len(chunk))
             yield frame
         return
-    # fork: workers inherit the imported libraries instead of importing them again (Linux default).
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with _worker_signals_blocked():  # workers start with them blocked; _init_worker sets and unblocks them
-        pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker)
-    with pool:  # leaving early (an error, an abandoned generator) terminates the workers
+    own_pool = pool is None
+    with contextlib.ExitStack() as stack:
+        if own_pool:
+            pool = stack.enter_context(encoder_pool(workers))
         pending: deque = deque()
 
         def finished(keep: int) -> Iterator[pl.DataFrame]:
@@ -270,10 +286,11 @@ def encode_stream(
 
         for chunk in chunks:
             pending.append((len(chunk), pool.apply_async(encode_chunk, (chunk, settings))))
-            yield from finished(keep=2 * workers - 1)
+            yield from finished(keep=2 * max(1, workers) - 1)
         yield from finished(keep=0)
-        pool.close()  # done: the workers exit on their own, no signal needed
-        pool.join()
+        if own_pool:  # done: the workers exit on their own, no signal needed
+            pool.close()
+            pool.join()
 
 
 _WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT)

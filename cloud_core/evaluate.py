@@ -20,9 +20,10 @@ import torch
 from cloud_core.bundle import Bundle, load_bundle
 from cloud_core.datasets import TASK_TABLE, TEMPERATURES, THERMO_QUANTITIES, default_data_dir, encoded_table, labels
 from cloud_core.debye import GAS_CONSTANT, debye_thermo
+from cloud_core.device import pick_device
 from cloud_core.inference import predict_strings
 from cloud_core.model import PROPERTIES
-from cloud_core.train import best_single_theta, composition_part, ideal_theta, mean_absolute_error, pick_device
+from cloud_core.train import best_single_theta, composition_part, ideal_theta, mean_absolute_error
 
 
 def _thermo_from_theta(theta: np.ndarray) -> dict[str, np.ndarray]:

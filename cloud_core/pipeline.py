@@ -1,63 +1,86 @@
-"""Files in, predictions out: read -> encode (process pool) -> infer (one model) -> write, chunk by chunk.
+"""Files in, predictions out: read -> encode (worker processes) -> infer (one model) -> write, overlapped.
 
-The encoder pool keeps a bounded number of chunks in flight (encode.encode_stream), and every chunk is
-predicted and written as soon as it is encoded, so memory stays flat for any number of inputs.
+The encoder pool starts before torch is imported, so its workers stay small and begin encoding while this
+process imports torch and loads the model; from then on the workers encode the next chunks while this process
+predicts the last one (a producer/consumer pair whose queue is the pool's bounded set of chunks in flight,
+see encode.encode_stream), and every chunk is written as soon as it is predicted, so memory stays flat for any
+number of inputs. On the CPU the model gets the cores the encoders leave free (at least one thread): more
+threads than cores make both sides wait on each other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import itertools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
-import torch
 
-from cloud_core.bundle import Bundle
-from cloud_core.encode import IDENTITY_SCHEMA, EncodeSettings, encode_stream
-from cloud_core.inference import predict_strings
+from cloud_core.encode import IDENTITY_SCHEMA, EncodeSettings, default_workers, encode_stream, encoder_pool
 from cloud_core.structures import expand_inputs, iter_raw_inputs
 from cloud_core.tables import TableWriter
 
+if TYPE_CHECKING:
+    import torch
+
+    from cloud_core.bundle import Bundle
+
 KEEP_FROM_ENCODING = ("id", "source", "scope", "spacegroup", "formula", "nsites")
+PREDICT_CHUNK = 512  # structures per encoder task: small enough that the last chunk's inference is a short tail
 
 
 def predict_frame(bundle: Bundle, encoded: pl.DataFrame, device: torch.device, batch_size: int = 2048) -> pl.DataFrame:
     """Predictions for one encoded chunk; an encoding error is kept, an inference error is added."""
+    from cloud_core.inference import predict_strings
+
     predicted = predict_strings(bundle.model, encoded["scope"].to_list(), device, batch_size)
     error = pl.coalesce(encoded["error"], predicted["error"]).alias("error")
     keep = [*KEEP_FROM_ENCODING, *(c for c in IDENTITY_SCHEMA if c in encoded.columns)]
     return pl.concat([encoded.select(keep), predicted.drop("error")], how="horizontal").with_columns(error)
 
 
-def predict_stream(
-    inputs: Iterable[Path],
-    bundle: Bundle,
-    settings: EncodeSettings,
-    device: torch.device,
-    workers: int = 1,
-    batch_size: int = 2048,
-    chunk_size: int = 1024,
-    on_chunk: Callable[[int], None] | None = None,
-):
-    """Yield prediction frames chunk by chunk, in input order."""
-    for encoded in encode_stream(iter_raw_inputs(inputs), settings, workers, chunk_size=chunk_size, on_chunk=on_chunk):
-        yield predict_frame(bundle, encoded, device, batch_size)
+def empty_encoded() -> pl.DataFrame:
+    """An encoded chunk with no rows (so an empty input still gets a table with every column)."""
+    schema = {c: pl.String for c in (*KEEP_FROM_ENCODING, "error")}
+    return pl.DataFrame(schema=schema).cast({"spacegroup": pl.Int16, "nsites": pl.Int32})
+
+
+def load_for_inference(model: str | Path, device: str, encoder_workers: int) -> tuple[Bundle, torch.device]:
+    """Import torch, load the bundle on `device` ("auto", "cpu", "cuda") and size the CPU thread pool."""
+    import torch
+
+    from cloud_core.bundle import load_bundle
+    from cloud_core.device import pick_device
+
+    torch_device = pick_device(device)
+    bundle = load_bundle(model, torch_device)
+    if torch_device.type == "cpu":
+        torch.set_num_threads(max(1, default_workers() - encoder_workers))
+    return bundle, torch_device
 
 
 def predict_files(
     inputs: list[Path],
     out: Path,
-    bundle: Bundle,
+    model: str | Path,
+    device: str,
     settings: EncodeSettings,
-    device: torch.device,
     workers: int = 1,
     batch_size: int = 2048,
     progress: bool = False,
+    chunk_size: int = PREDICT_CHUNK,
 ) -> dict[str, int]:
-    """Predict every structure in `inputs` into the table `out`; returns row counts."""
+    """Predict every structure in `inputs` into the table `out`; returns row counts.
+
+    `workers` encoder processes (at least one, so encoding always overlaps inference) run beside this process,
+    which loads the model and predicts. A model that cannot be loaded raises (BundleError; RuntimeError for a
+    missing CUDA device) before an output file is started.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     paths = expand_inputs(inputs)
+    workers = max(1, workers)
     counts = {"rows": 0, "predicted": 0, "errors": 0}
     bar = Progress(
         TextColumn("predicting"),
@@ -67,23 +90,21 @@ def predict_files(
         transient=True,
         disable=not progress,
     )
-    with bar, TableWriter(out) as writer:
-        task = bar.add_task("predict", total=None)
-        for frame in predict_stream(
-            paths, bundle, settings, device, workers, batch_size, on_chunk=lambda n: bar.advance(task, n)
-        ):
-            writer.write(frame)
-            counts["rows"] += frame.height
-            counts["errors"] += int(frame["error"].is_not_null().sum())
-        if writer.rows == 0:
-            writer.write(
-                predict_frame(
-                    bundle,
-                    pl.DataFrame(schema={c: pl.String for c in (*KEEP_FROM_ENCODING, "error")}).cast(
-                        {"spacegroup": pl.Int16, "nsites": pl.Int32}
-                    ),
-                    device,
-                )
-            )
+    task = bar.add_task("predict", total=None)
+    with bar, encoder_pool(workers) as pool, ThreadPoolExecutor(1, thread_name_prefix="model-loader") as loader:
+        loading = loader.submit(load_for_inference, model, device, workers)  # torch imports while workers encode
+        frames = encode_stream(
+            iter_raw_inputs(paths), settings, workers, chunk_size, lambda n: bar.advance(task, n), pool=pool
+        )
+        first = next(frames, None)
+        bundle, torch_device = loading.result()
+        with TableWriter(out) as writer:
+            for encoded in itertools.chain([first] if first is not None else [], frames):
+                frame = predict_frame(bundle, encoded, torch_device, batch_size)
+                writer.write(frame)
+                counts["rows"] += frame.height
+                counts["errors"] += int(frame["error"].is_not_null().sum())
+            if writer.rows == 0:
+                writer.write(predict_frame(bundle, empty_encoded(), torch_device))
     counts["predicted"] = counts["rows"] - counts["errors"]
     return counts

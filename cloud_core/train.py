@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from cloud_core import __version__
 from cloud_core.datasets import TASK_TABLE, default_data_dir, encoder_fingerprint, pretraining_strings, training_frame
 from cloud_core.debye import debye_cv
+from cloud_core.device import pick_device
 from cloud_core.model import DEBYE_FIT_TEMPERATURE, PROPERTIES, CloudModel, ModelConfig
 from cloud_core.tokenizer import CLS, MASK, Batch, tokenize, vocabulary
 
@@ -85,14 +86,6 @@ def settings_from_options(options: Mapping[str, Any]) -> TrainSettings:
         if name in values:
             values[name] = "" if values[name] is None else str(values[name])
     return TrainSettings(**values)
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda but no CUDA device is available (use --device cpu or auto)")
-    return torch.device(device)
 
 
 def seed_everything(seed: int) -> None:

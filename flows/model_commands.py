@@ -23,37 +23,28 @@ def predict(
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:
     """Predict properties, Debye temperature and Cv(300 K) for crystal structures: one row per structure."""
-    from cloud_core.bundle import BundleError, load_bundle
+    from cloud_core.bundle import BundleError, read_card
+    from cloud_core.device import DEVICES, DeviceError
     from cloud_core.encode import EncodeSettings, default_workers
     from cloud_core.pipeline import predict_files
     from cloud_core.tables import table_format
 
-    if device not in ("auto", "cpu", "cuda"):
+    if device not in DEVICES:
         fail(f"--device must be auto, cpu or cuda, not {device!r}")
     try:
         table_format(out)
-    except ValueError as exc:
-        fail(str(exc))
-    try:
-        from cloud_core.train import pick_device
-
-        torch_device = pick_device(device)
-        bundle = load_bundle(model, torch_device)
-    except (BundleError, RuntimeError) as exc:
-        fail(str(exc))
-    variant = bundle.card.get("settings", {}).get("variant", "detailed")
-    try:
+        _, card = read_card(model)  # the card says which SCOPE variant to encode; the weights load beside encoding
         counts = predict_files(
             inputs,
             out,
-            bundle,
-            EncodeSettings(variant=variant),
-            device=torch_device,
+            model,
+            device,
+            EncodeSettings(variant=card.get("settings", {}).get("variant", "detailed")),
             workers=workers or default_workers(),
             batch_size=batch_size,
             progress=progress and sys.stderr.isatty(),
         )
-    except (FileNotFoundError, OSError, ValueError) as exc:  # ValueError: a malformed CLOUD_SCREEN_MAX_FILE_MB
+    except (BundleError, DeviceError, OSError, ValueError) as exc:  # ValueError: e.g. a bad CLOUD_SCREEN_MAX_FILE_MB
         fail(str(exc))
     typer.echo(
         f"{counts['rows']} structures, {counts['predicted']} predicted, {counts['errors']} with errors -> {out}",
