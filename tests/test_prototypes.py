@@ -1,0 +1,74 @@
+"""The built-in generator of hypothetical candidates: distinct crystals, charge balance, reproducible order."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from cloud_core.encode import EncodeSettings, encode_structures
+from cloud_core.prototypes import PROTOTYPES, charge_balanced, generate_candidates
+from cloud_core.structures import Crystal
+
+IDENTIFY = EncodeSettings(identify=True)
+
+
+def test_every_generated_candidate_is_a_distinct_crystal_of_its_prototype_group():
+    ids, crystals = zip(*generate_candidates(max_count=400, seed=11), strict=True)
+    frame = encode_structures(crystals, ids, IDENTIFY)
+    assert frame["error"].null_count() == frame.height == 400
+    assert frame["candidate_id"].n_unique() == 400 and len(set(ids)) == 400
+    expected_group = {name: None for name in PROTOTYPES}
+    for ident, group in zip(ids, frame["spacegroup"].to_list(), strict=True):
+        name = ident.split(":")[0]
+        expected_group[name] = expected_group[name] or group
+        assert group == expected_group[name], ident  # a substitution never changes the prototype's group
+
+
+@pytest.mark.parametrize("name", [n for n, p in PROTOTYPES.items() if p.interchangeable])
+def test_roles_left_out_as_interchangeable_are_the_same_crystal(name):
+    """Filling interchangeable roles in the other order gives the same candidate (so nothing distinct is lost),
+    while swapping any other pair of roles drawn from the same pool gives a different one (so the rule is not
+    too broad). Roles with different pools cannot produce the same combination twice."""
+    from cloud_core.prototypes import _role_pools
+
+    proto = PROTOTYPES[name]
+    pools = _role_pools(proto, None)
+    (ident, crystal), *_ = generate_candidates([name], max_count=1, seed=2)
+    combo = ident.split(":")[1].split("-")
+    roles = [combo.index(species[0][0]) for species in crystal.site_species]
+
+    def swapped(i: int, j: int) -> Crystal:
+        order = list(range(len(combo)))
+        order[i], order[j] = j, i
+        species = [((combo[order[r]], 1.0),) for r in roles]
+        return Crystal(crystal.lattice.copy(), crystal.frac_coords.copy(), species)
+
+    base = encode_structures([crystal], settings=IDENTIFY)["candidate_id"][0]
+    for i, j in itertools.combinations(range(len(combo)), 2):
+        if pools[i] != pools[j]:
+            assert (i, j) not in proto.interchangeable
+            continue
+        other = encode_structures([swapped(i, j)], settings=IDENTIFY)["candidate_id"][0]
+        assert (other == base) == ((i, j) in proto.interchangeable), (i, j)
+
+
+def test_ionic_candidates_are_charge_balanced_and_the_order_is_seeded():
+    first = [i for i, _ in generate_candidates(max_count=300, seed=5, crystals=False)]
+    assert first == [i for i, _ in generate_candidates(max_count=300, seed=5, crystals=False)]
+    assert first != [i for i, _ in generate_candidates(max_count=300, seed=6, crystals=False)]
+    assert len({i.split(":")[0] for i in first}) >= 3  # a prefix mixes prototypes
+    assert charge_balanced(["Cs", "Na", "Bi", "Cl"], [2, 1, 1, 6])
+    assert not charge_balanced(["Cs", "Na", "Bi", "Cl"], [2, 1, 1, 4])
+    for ident, crystal in generate_candidates(["elpasolite", "kesterite"], max_count=50, seed=1):
+        amounts = crystal.element_amounts()
+        elements = ident.split(":")[1].split("-")
+        assert charge_balanced(elements, [round(amounts[e]) for e in elements]), ident
+
+
+def test_element_pool_restriction_and_unknown_prototypes():
+    allowed = {"Li", "Na", "K", "Mg", "O", "S", "Cl", "Bi", "Sb"}
+    for ident, _ in generate_candidates(max_count=10_000, elements=sorted(allowed), crystals=False):
+        assert set(ident.split(":")[1].split("-")) <= allowed
+    with pytest.raises(ValueError, match="unknown prototypes"):
+        list(generate_candidates(["garnet"]))
