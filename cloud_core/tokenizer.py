@@ -105,10 +105,15 @@ class Batch:
         return self.ids.shape[0]
 
     def select(self, index: torch.Tensor, device: torch.device | str = "cpu") -> Batch:
-        """Rows `index` (a CPU tensor), trimmed to their longest member and moved to `device`."""
+        """Rows `index` (a CPU tensor), trimmed to their longest member and moved to `device`.
+
+        For CUDA the rows are gathered into page-locked memory, so the copies run asynchronously and the host
+        goes on to the next batch while they travel."""
         width = int(self.mask[index].sum(1).max())
+        pin = torch.device(device).type == "cuda"
         tensors = (
-            t[index, :width].to(device, non_blocking=True) for t in (self.ids, self.segments, self.values, self.mask)
+            (t[index, :width].pin_memory() if pin else t[index, :width]).to(device, non_blocking=True)
+            for t in (self.ids, self.segments, self.values, self.mask)
         )
         return Batch(*tensors, self.rows[index.numpy()], None, None)
 
