@@ -605,11 +605,37 @@ def _crystal_from_json(text: str) -> Crystal:
         raise StructureError("JSON is not a pymatgen Structure (needs 'lattice' and 'sites')")
     if isinstance(data["sites"], list) and not data["sites"]:
         raise StructureError("empty structure: no atoms")
+    crystal = _plain_crystal_from_json(data)
+    if crystal is not None:
+        return crystal
     try:
         structure = Structure.from_dict(data)
     except Exception as exc:
         raise StructureError(f"JSON is not a valid pymatgen Structure: {_one_line(exc)}") from None
     return crystal_from_pymatgen(structure)
+
+
+def _plain_crystal_from_json(data: dict[str, Any]) -> Crystal | None:
+    """The Crystal of a plain ordered Structure dict (a lattice matrix; sites of one element each, full
+    occupancy, fractional `abc`; what `crystal_to_json` writes) without pymatgen, which spends ~0.3 ms per
+    structure building Site objects; None for anything else (oxidation states, partial occupancy, Cartesian
+    sites, unknown keys in a species), which goes through pymatgen as before."""
+    try:
+        matrix = data["lattice"]["matrix"]
+        elements, coords = [], []
+        for site in data["sites"]:
+            (entry,) = site["species"]
+            if entry.keys() != {"element", "occu"} or entry["occu"] != 1 or not known_element(entry["element"]):
+                return None
+            elements.append(entry["element"])
+            coords.append(site["abc"])
+        lattice = np.array(matrix, dtype=float)
+        frac = np.array(coords, dtype=float)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if lattice.shape != (3, 3) or frac.shape != (len(elements), 3):
+        return None
+    return Crystal(lattice, frac, [((element, 1.0),) for element in elements], elements)
 
 
 def _crystal_from_extxyz(text: str) -> Crystal:

@@ -72,3 +72,32 @@ def test_element_pool_restriction_and_unknown_prototypes():
         assert set(ident.split(":")[1].split("-")) <= allowed
     with pytest.raises(ValueError, match="unknown prototypes"):
         list(generate_candidates(["garnet"]))
+
+
+def test_generated_json_reads_back_the_same_with_or_without_pymatgen():
+    """Plain ordered Structure JSON is read without pymatgen (structures._plain_crystal_from_json); anything
+    else still goes through pymatgen. Both must give the same crystal."""
+    import json
+
+    import numpy as np
+    from pymatgen.core import Structure
+
+    from cloud_core.structures import (
+        _plain_crystal_from_json,
+        crystal_from_pymatgen,
+        crystal_from_text,
+        crystal_to_json,
+    )
+
+    for _, crystal in generate_candidates(max_count=200, seed=4):
+        text = crystal_to_json(crystal)
+        fast = crystal_from_text(text, "json")
+        slow = crystal_from_pymatgen(Structure.from_dict(json.loads(text)))
+        assert np.array_equal(fast.lattice, slow.lattice) and np.array_equal(fast.frac_coords, slow.frac_coords)
+        assert fast.site_species == slow.site_species and fast.site_kinds == slow.site_kinds
+    data = json.loads(text)
+    data["sites"][0]["species"][0]["oxidation_state"] = 2
+    assert _plain_crystal_from_json(data) is None  # a species with an oxidation state: pymatgen's path
+    data["sites"][0]["species"] = [{"element": "Fe", "occu": 0.5}, {"element": "Co", "occu": 0.5}]
+    assert _plain_crystal_from_json(data) is None
+    assert crystal_from_text(json.dumps(data), "json").site_species[0] == (("Fe", 0.5), ("Co", 0.5))
