@@ -7,7 +7,7 @@ combination of common oxidation states; intermetallic ones (Heuslers) need none.
 interchangeable (elpasolite's B and C on 4a and 4b, swapped by an origin shift) are filled in one order only,
 so every candidate is a distinct crystal (checked in tests by canonical SCOPE + structure hash).
 
-About 390,000 distinct candidates in all (`candidate_space()`), most of them quaternary (elpasolites,
+438,150 distinct candidates in all (`candidate_space()`), most of them quaternary (elpasolites,
 kesterites, quaternary Heuslers). They come in a seeded random order drawn over the whole space at once (a
 permutation of combination indices, 8 bytes each), so any prefix mixes every prototype and the order never
 materialises the combinations themselves.
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from cloud_core.structures import Crystal, crystal_from_pymatgen
+from cloud_core.structures import Crystal
 
 
 @dataclass(frozen=True)
@@ -174,11 +174,11 @@ MORE_CATIONS = (
 HEUSLER_METALS = tuple(dict.fromkeys((*HEUSLER_X, *HEUSLER_Y, "Ni", "Cu", "Zn", "Mo", "W", "Ta", "Ag", "Li", "Mg")))
 POOLS: dict[str, tuple[str, ...]] = {
     "cations": CATIONS,
-    "cations+": CATIONS + MORE_CATIONS,
+    "cations+": (*CATIONS, *MORE_CATIONS),
     "anions": ANIONS,
     "heusler-x": HEUSLER_X,
     "heusler-y": HEUSLER_Y,
-    "heusler-z": HEUSLER_Z + ("Ge", "Pb", "As", "B", "Tl"),
+    "heusler-z": (*HEUSLER_Z, "Pb", "As", "B", "Tl"),
     "heusler-metals": HEUSLER_METALS,
 }
 
@@ -191,30 +191,59 @@ def _oxidation_states(element: str) -> tuple[int, ...]:
 
 
 def charge_balanced(elements: Sequence[str], counts: Sequence[int]) -> bool:
-    """True if some choice of common oxidation states makes the formula neutral (cations > 0 > anions)."""
-    options = [_oxidation_states(el) for el in elements]
-    options = [[q for q in states if q > 0] for states in options[:-1]] + [[q for q in options[-1] if q < 0]]
-    return any(sum(q * n for q, n in zip(states, counts, strict=True)) == 0 for states in itertools.product(*options))
+    """True if some choice of common oxidation states makes the formula neutral: the last element is the anion
+    (a negative state), the others cations (positive states)."""
+    totals = {0}
+    for element, count in zip(elements[:-1], counts[:-1], strict=True):
+        totals = {t + charge for t in totals for charge in _charges(element, count, 1)}
+    return any(-charge in totals for charge in _charges(elements[-1], counts[-1], -1))
+
+
+@cache
+def _charges(element: str, count: int, sign: int) -> tuple[int, ...]:
+    """The charges `count` atoms of `element` can carry in one of its common oxidation states of this sign."""
+    return tuple(q * count for q in _oxidation_states(element) if q * sign > 0)
+
+
+# Lattice vectors of the primitive cell in conventional fractional coordinates, by centring (the first letter of
+# the Hermann-Mauguin symbol).
+PRIMITIVE_BASIS = {
+    "P": ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
+    "F": ((0, 0.5, 0.5), (0.5, 0, 0.5), (0.5, 0.5, 0)),
+    "I": ((-0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.5, 0.5, -0.5)),
+}
 
 
 @cache
 def _prototype_cell(name: str) -> tuple[Crystal, tuple[int, ...]]:
-    """The prototype expanded to its primitive cell (placeholder elements) and each site's role."""
-    from pymatgen.core import Lattice, Structure
+    """The prototype's primitive cell and each site's role (index into `roles`).
+
+    Each Wyckoff representative is expanded by the space group's operations (spglib's database, in the group's
+    first setting, which is pymatgen's default: origin choice 1 where there are two); the orbit is reduced to the
+    primitive cell of the centring. A millisecond per prototype, where pymatgen's from_spacegroup took up to
+    half a second (`test_prototype_cells_match_pymatgen` compares the two)."""
+    import numpy as np
+    import spglib
 
     proto = PROTOTYPES[name]
+    hall = next(h for h in range(1, 531) if spglib.get_spacegroup_type(h).international_short == proto.spacegroup)
+    operations = spglib.get_symmetry_from_database(hall)
     family, a, c = proto.lattice
-    lattice = {
-        "cubic": lambda: Lattice.cubic(a),
-        "hexagonal": lambda: Lattice.hexagonal(a, c * a),
-        "tetragonal": lambda: Lattice.tetragonal(a, c * a),
-    }[family]()
-    placeholders = ["H", "He", "Li", "Be"][: len(proto.roles)]  # one distinct element per role
-    species = [placeholders[role] for role, _ in proto.sites]
-    structure = Structure.from_spacegroup(proto.spacegroup, lattice, species, [xyz for _, xyz in proto.sites])
-    structure = structure.get_primitive_structure()  # fewer sites to analyse; SCOPE does not depend on the cell
-    roles = tuple(placeholders.index(site.specie.symbol) for site in structure)
-    return crystal_from_pymatgen(structure), roles
+    if family == "hexagonal":
+        conventional = np.array([[a, 0, 0], [-a / 2, a * math.sqrt(3) / 2, 0], [0, 0, c * a]])
+    else:  # cubic, tetragonal
+        conventional = np.diag([a, a, c * a if family == "tetragonal" else a])
+    basis = np.array(PRIMITIVE_BASIS[proto.spacegroup[0]], dtype=float)  # rows: primitive vectors (conventional)
+    to_primitive = np.linalg.inv(basis.T)
+    frac, roles = [], []
+    for role, representative in proto.sites:
+        images = np.einsum("kij,j->ki", operations["rotations"], representative) + operations["translations"]
+        images = (images @ to_primitive.T) % 1.0
+        images = np.unique(np.round(images, 6) % 1.0, axis=0)  # % again: 0.9999996 rounds to 1.0
+        frac.extend(images)
+        roles.extend([role] * len(images))
+    species = [((("H", "He", "Li", "Be")[r], 1.0),) for r in roles]
+    return Crystal(basis @ conventional, np.array(frac), species), tuple(roles)
 
 
 def _role_pools(proto: Prototype, elements: Sequence[str] | None) -> list[tuple[str, ...]]:
@@ -246,27 +275,15 @@ def generate_candidates(
     `elements` restricts every role's pool to those elements. Ids read `prototype:El1-El2-...`. With
     `crystals=False` only the ids are made (crystal None), for counting.
     """
-    import numpy as np
-
     names = list(prototypes or PROTOTYPES)
     unknown = [n for n in names if n not in PROTOTYPES]
     if unknown:
         raise ValueError(f"unknown prototypes {unknown}; known: {', '.join(PROTOTYPES)}")
     spaces = [(PROTOTYPES[name], _role_pools(PROTOTYPES[name], elements)) for name in names]
-    sizes = [math.prod(len(pool) for pool in pools) for _, pools in spaces]
-    starts = np.cumsum([0, *sizes])
     produced = 0
-    for index in np.random.default_rng(seed).permutation(int(starts[-1])):
+    for proto, combo in _distinct_combinations(spaces, seed):
         if produced >= max_count:
             return
-        which = int(np.searchsorted(starts, index, side="right")) - 1
-        proto, pools = spaces[which]
-        rest, combo = int(index - starts[which]), []
-        for pool in pools:  # mixed-radix digits of the index within this prototype's space
-            rest, digit = divmod(rest, len(pool))
-            combo.append(pool[digit])
-        if len(set(combo)) < len(combo) or any(combo[i] > combo[j] for i, j in proto.interchangeable):
-            continue
         template, roles = _prototype_cell(proto.name)
         if proto.ionic and not charge_balanced(combo, [roles.count(r) for r in range(len(proto.roles))]):
             continue
@@ -276,3 +293,42 @@ def generate_candidates(
             crystal = Crystal(template.lattice.copy(), template.frac_coords.copy(), species)
         yield f"{proto.name}:{'-'.join(combo)}", crystal
         produced += 1
+
+
+def _distinct_combinations(
+    spaces: list[tuple[Prototype, list[tuple[str, ...]]]], seed: int, block: int = 1 << 16
+) -> Iterator[tuple[Prototype, tuple[str, ...]]]:
+    """(prototype, elements per role) over all prototypes' combination spaces in one seeded random order, without
+    repeated elements and with interchangeable roles in one order only.
+
+    The order is a permutation of combination indices; each block of it is decoded (mixed-radix digits per
+    prototype) and filtered in numpy, since ~9 in 10 indices fail these filters."""
+    import numpy as np
+
+    symbols = sorted({e for _, pools in spaces for pool in pools for e in pool})
+    rank = {e: i for i, e in enumerate(symbols)}  # comparing ranks = comparing symbols
+    pool_ranks = [[np.array([rank[e] for e in pool], dtype=np.int64) for pool in pools] for _, pools in spaces]
+    sizes = [math.prod(len(pool) for pool in pools) for _, pools in spaces]
+    starts = np.cumsum([0, *sizes])
+    order = np.random.default_rng(seed).permutation(int(starts[-1]))
+    for first in range(0, len(order), block):
+        indices = order[first : first + block]
+        which = np.searchsorted(starts, indices, side="right") - 1
+        combos = np.full((len(indices), max(len(pools) for _, pools in spaces)), -1, dtype=np.int64)
+        keep = np.zeros(len(indices), dtype=bool)
+        for p in np.unique(which):
+            rows = np.flatnonzero(which == p)
+            rest = indices[rows] - starts[p]
+            for role, pool in enumerate(pool_ranks[p]):  # mixed-radix digits of the index in this space
+                rest, digit = np.divmod(rest, len(pool))
+                combos[rows, role] = pool[digit]
+            picked = combos[rows, : len(pool_ranks[p])]
+            ok = np.ones(len(rows), dtype=bool)
+            for i, j in itertools.combinations(range(picked.shape[1]), 2):
+                ok &= picked[:, i] != picked[:, j]
+            for i, j in spaces[p][0].interchangeable:
+                ok &= picked[:, i] < picked[:, j]
+            keep[rows] = ok
+        for row in np.flatnonzero(keep):
+            proto, pools = spaces[which[row]]
+            yield proto, tuple(symbols[k] for k in combos[row, : len(pools)])

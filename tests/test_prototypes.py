@@ -67,6 +67,10 @@ def test_ionic_candidates_are_charge_balanced_and_the_order_is_seeded():
 
 
 def test_element_pool_restriction_and_unknown_prototypes():
+    from cloud_core.prototypes import POOLS
+
+    for name, pool in POOLS.items():
+        assert len(set(pool)) == len(pool), name  # a repeated element would make the same candidate twice
     allowed = {"Li", "Na", "K", "Mg", "O", "S", "Cl", "Bi", "Sb"}
     for ident, _ in generate_candidates(max_count=10_000, elements=sorted(allowed), crystals=False):
         assert set(ident.split(":")[1].split("-")) <= allowed
@@ -101,3 +105,27 @@ def test_generated_json_reads_back_the_same_with_or_without_pymatgen():
     data["sites"][0]["species"] = [{"element": "Fe", "occu": 0.5}, {"element": "Co", "occu": 0.5}]
     assert _plain_crystal_from_json(data) is None
     assert crystal_from_text(json.dumps(data), "json").site_species[0] == (("Fe", 0.5), ("Co", 0.5))
+
+
+@pytest.mark.parametrize("name", list(PROTOTYPES))
+def test_prototype_cells_match_pymatgen(name):
+    """Our orbit expansion (spglib's operations, primitive cell of the centring) against pymatgen's
+    from_spacegroup + get_primitive_structure: same sites, same volume, the same candidate."""
+    import numpy as np
+    from pymatgen.core import Lattice, Structure
+
+    from cloud_core.prototypes import _prototype_cell
+    from cloud_core.structures import crystal_from_pymatgen
+
+    proto = PROTOTYPES[name]
+    ours, roles = _prototype_cell(name)
+    family, a, c = proto.lattice
+    lattice = {"cubic": Lattice.cubic, "hexagonal": Lattice.hexagonal, "tetragonal": Lattice.tetragonal}[family]
+    placeholders = [("H", "He", "Li", "Be")[role] for role, _ in proto.sites]
+    cell = lattice(a) if family == "cubic" else lattice(a, c * a)
+    positions = [x for _, x in proto.sites]
+    reference = Structure.from_spacegroup(proto.spacegroup, cell, placeholders, positions).get_primitive_structure()
+    assert ours.nsites == len(reference) == len(roles)
+    assert abs(abs(np.linalg.det(ours.lattice)) - reference.volume) < 1e-9
+    frame = encode_structures([ours, crystal_from_pymatgen(reference)], settings=IDENTIFY)
+    assert frame["error"].null_count() == 2 and frame["candidate_id"][0] == frame["candidate_id"][1]
