@@ -198,6 +198,20 @@ def screen(
         ),
     ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the catalog while other runs write to it.")] = 600.0,
+    runner: Annotated[
+        str, typer.Option(help="local (threads of this process) or dask (a Dask cluster: --dask-address, else local).")
+    ] = "local",
+    dask_address: Annotated[
+        str | None,
+        typer.Option(help="Scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786 (implies --runner dask)."),
+    ] = None,
+    dask_workers: Annotated[int, typer.Option(help="Worker processes of the local Dask cluster.")] = 2,
+    encode_workers: Annotated[
+        int, typer.Option(help="Encoder processes per batch; 0: all cores of the machine scoring it.")
+    ] = 0,
+    append_rows: Annotated[
+        int | None, typer.Option(help="Rows per catalog append (default 245,760: two DuckDB row groups).")
+    ] = None,
 ) -> None:
     """Screen candidates into the catalog and print the ranked top (a Prefect flow run; no server needed)."""
     import os
@@ -205,16 +219,30 @@ def screen(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # a local Dask cluster's start and stop
 
     from pydantic import ValidationError
 
     from catalogs.catalog import Catalog, CatalogError
     from catalogs.ranking import RankingSpec, SpecError
     from flows.materials_project import MPSourceError
+    from flows.runners import RunnerError, RunnerSpec, check_scheduler
     from flows.sources import parse_source
 
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}")
+    if runner not in ("local", "dask"):
+        fail(f"--runner must be local or dask, not {runner!r}")
+    if append_rows is not None and append_rows < 1:
+        fail("--append-rows must be at least 1")
+    if encode_workers < 0:
+        fail("--encode-workers must be 0 (all cores) or more")
+    try:
+        runner_spec = RunnerSpec(kind="dask" if dask_address else runner, address=dask_address, n_workers=dask_workers)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        option = "--dask-address" if "address" in problem["loc"] else "--dask-workers"
+        fail(f"{option}: {problem['msg'].removeprefix('Value error, ')}")
     temperatures = {}
     try:  # everything that can be checked before the flow starts is, so the error is one line
         spec = parse_source(source, count)
@@ -246,11 +274,13 @@ def screen(
             if rank
             else (RankingSpec.parse(stored_ranking) if stored_ranking else RankingSpec())
         )
+        if runner_spec.address:
+            check_scheduler(runner_spec.address)
         Catalog(catalog, lock_timeout=wait).migrate()
         from flows.screen import model_fingerprint
 
         model_fingerprint(model)
-    except (CatalogError, SpecError, MPSourceError) as exc:
+    except (CatalogError, SpecError, MPSourceError, RunnerError) as exc:
         fail(str(exc))
     except ValidationError as exc:
         fail(f"--source {source!r}: {exc.errors()[0]['msg']}")
@@ -280,9 +310,12 @@ def screen(
                 report=report,
                 resume=resume,
                 catalog_wait=wait,
+                runner=runner_spec,
+                encode_workers=encode_workers,
                 **temperatures,
+                **({"append_rows": append_rows} if append_rows is not None else {}),
             )
-    except (CatalogError, SpecError, MPSourceError) as exc:
+    except (CatalogError, SpecError, MPSourceError, RunnerError) as exc:
         fail(str(exc))
     finally:
         local_server.close()

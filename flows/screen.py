@@ -1,22 +1,29 @@
 """The `screen` flow: candidates -> SCOPE -> CLOUD predictions -> DuckDB catalog -> ranking, report, artifacts.
 
 Work moves in batches of thousands of candidates, never one task per structure. `score_batch` (encode in a
-process pool, then infer with a model loaded once per worker process) is cached by the batch's content, the
-encoder's fingerprint and the model's weights hash, so a rerun of the same candidates skips straight to the
-catalog. Two batches are in flight at once, so the next batch encodes (CPU) while this one infers (GPU or
-CPU). Only the flow writes to the catalog, batch by batch in short transactions, so `cloud-screen query` can
-read while a run writes, and a retried or resumed flow run (same run id) neither duplicates nor loses rows.
+process pool, then infer with a model loaded once per worker process) runs where the `runner` parameter says:
+threads of this process, or the workers of a Dask cluster (flows/runners.py). It writes its rows as a Parquet
+shard beside the catalog and returns only the shard's path and counts (catalogs/shards.py). A shard is named by
+the batch's content, the encoder's fingerprint and the model's weights hash, and kept as a cache for
+`shard_cache_days`, so a rerun of the same candidates, or a resumed run, skips straight to the catalog.
+
+A bounded number of batches is in flight (2 locally, so the next batch encodes on the CPU while this one is
+predicted; 2 per Dask worker thread), which bounds memory for any source. Only the flow writes to the catalog:
+it collects shards and appends them in large transactions (APPEND_ROWS), each short enough that `cloud-screen
+query` can read between them. Appends are idempotent per (run, candidate), so a batch scored twice (a retry, a
+Dask worker lost mid-batch), a shard ingested twice, or a resumed flow run (same run id) neither duplicates nor
+loses rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,16 +36,25 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from catalogs.catalog import Catalog, CatalogError
 from catalogs.ranking import RankingSpec, rank_run
+from catalogs.shards import SHARD_FORMAT, ShardInfo, ShardStore, read_shards
 from cloud_core.structures import RawInput
 from flows.parameters import document_parameters
 from flows.provenance import code_version, machine
+from flows.runners import RunnerSpec, check_scheduler, open_runner
 from flows.sources import SourceSpec, iter_batches
+
+# Rows per catalog append: two DuckDB row groups (122,880 rows each). A transaction of at least one row group is
+# written straight to the database file instead of through the write-ahead log (and again at the checkpoint):
+# appends reach ~200 k rows/s in transactions this size, 110 k rows/s with 100 k rows, far less with one task
+# batch of 2,048 (bench/README.md, catalog appends).
+APPEND_ROWS = 245_760
+SHARD_CACHE_DAYS = 30.0  # what Prefect's task cache kept scored batches for before shards replaced it
 
 TABLE_ARTIFACT_COLUMNS = (
     "rank",
@@ -101,7 +117,7 @@ _bundles_lock = threading.Lock()
 def load_model(model: str, device: str):
     """The model bundle, loaded once per worker process and device."""
     from cloud_core.bundle import load_bundle
-    from cloud_core.train import pick_device
+    from cloud_core.device import pick_device
 
     torch_device = pick_device(device)
     with _bundles_lock:
@@ -120,24 +136,46 @@ def model_fingerprint(model: str) -> dict[str, Any]:
     return {"id": card.get("name", model), "hash": card["weights_sha256"], "card": card}
 
 
-def _score_cache_key(context, parameters: dict[str, Any]) -> str:
+def shard_key(batch_key: str, model: str) -> str:
+    """What decides a batch's scored rows: its content, the encoder's code and tables, the model's weights."""
     from cloud_core.datasets import encoder_fingerprint
 
-    model_hash = model_fingerprint(parameters["model"])["hash"]
-    return f"score-{parameters['batch'].key}-{encoder_fingerprint()}-{model_hash[:16]}"
+    model_hash = model_fingerprint(model)["hash"]
+    return f"{batch_key}-{encoder_fingerprint()}-{model_hash[:16]}-v{SHARD_FORMAT}"
 
 
 @task(
     name="score-batch",
     task_run_name="score-batch-{batch.index}",
-    cache_key_fn=_score_cache_key,
-    cache_expiration=timedelta(days=30),
-    persist_result=True,
+    cache_policy=NO_CACHE,  # the shard is the cache: on the shared file system, for every worker (see module doc)
     retries=2,
     retry_delay_seconds=2,
 )
-def score_batch(batch: CandidateBatch, model: str, device: str, inference_batch: int, workers: int) -> pl.DataFrame:
-    """Encode a batch (process pool) and predict it (one model per worker); one row per candidate."""
+def score_batch(
+    batch: CandidateBatch,
+    run_id: str,
+    shards: str,
+    model: str,
+    device: str,
+    inference_batch: int,
+    encode_workers: int,
+    cache: bool,
+) -> ShardInfo:
+    """Score a batch into a Parquet shard of the run, or find it scored already; returns the shard's summary."""
+    store = ShardStore(shards)
+    key = shard_key(batch.key, model)
+    path = store.shard_path(run_id, batch.index, key)
+    found = store.reuse(path, key, cache)
+    if found is not None:
+        return found
+    rows, stats = _score(batch, model, device, inference_batch, encode_workers)
+    return store.publish(rows, path, key, stats, cache)
+
+
+def _score(
+    batch: CandidateBatch, model: str, device: str, inference_batch: int, encode_workers: int
+) -> tuple[pl.DataFrame, dict[str, float]]:
+    """Encode a batch (process pool) and predict it (one model per worker process): one row per candidate."""
     from cloud_core.encode import EncodeSettings, encode_stream
     from cloud_core.pipeline import predict_frame
 
@@ -146,24 +184,45 @@ def score_batch(batch: CandidateBatch, model: str, device: str, inference_batch:
     raws = batch.raw_inputs()
     settings = EncodeSettings(variant=variant, identify=True)
     started = time.perf_counter()
+    workers = _encoder_processes(encode_workers)
     encoded = pl.concat(list(encode_stream(raws, settings, workers=workers, chunk_size=256)))
     encoded_at = time.perf_counter()
     predicted = predict_frame(bundle, encoded, torch_device, inference_batch)
-    return predicted.with_columns(
+    rows = predicted.with_columns(
         pl.Series("structure", [r.text for r in raws], dtype=pl.String),
         pl.Series("structure_format", [r.fmt if r.text is not None else None for r in raws], dtype=pl.String),
-        pl.lit(encoded_at - started).alias("encode_s"),
-        pl.lit(time.perf_counter() - encoded_at).alias("infer_s"),
     )
+    failed = int((rows["candidate_id"].is_null() | rows["error"].is_not_null()).sum())
+    stats = {"failed": failed, "encode_s": encoded_at - started, "infer_s": time.perf_counter() - encoded_at}
+    return rows, stats
 
 
-@task(name="write-batch", task_run_name="write-batch-{index}", retries=3, retry_delay_seconds=2)
-def write_batch(
-    catalog: str, run_id: str, rows: pl.DataFrame, index: int, lock_timeout: float = 30.0
+def _encoder_processes(requested: int) -> int:
+    """Encoder processes for a batch on the machine that scores it (0: all its cores).
+
+    A daemon process may not start processes: a Dask worker under a nanny is one unless its cluster says
+    otherwise (flows/runners.py does for its LocalCluster; docs/cluster.md for workers started by hand).
+    """
+    from cloud_core.encode import default_workers
+
+    workers = requested or default_workers()
+    if workers > 1 and multiprocessing.current_process().daemon:
+        get_run_logger().warning(
+            "this worker is a daemon process, which cannot start encoder processes: encoding in-process "
+            "(start Dask workers with DASK_DISTRIBUTED__WORKER__DAEMON=False to encode with %d)",
+            workers,
+        )
+        return 1
+    return workers
+
+
+@task(name="ingest-shards", task_run_name="ingest-shards-{index}", retries=3, retry_delay_seconds=2)
+def ingest_shards(
+    catalog: str, run_id: str, paths: list[str], index: int, lock_timeout: float = 30.0
 ) -> dict[str, float]:
-    """Append one scored batch to the catalog (idempotent per run and candidate); counts and the lock wait."""
+    """Append the rows of several shards in one transaction (idempotent per run and candidate); counts, lock wait."""
     store = Catalog(catalog, lock_timeout=lock_timeout)
-    counts = store.append(run_id, rows.drop("encode_s", "infer_s"))
+    counts = store.append(run_id, read_shards(paths))
     return {
         "candidates_new": counts.candidates_new,
         "predictions_new": counts.predictions_new,
@@ -171,6 +230,42 @@ def write_batch(
         "lock_wait_s": store.lock_wait_s,
         "lock_wait_max_s": store.lock_wait_max_s,
     }
+
+
+class _CatalogWriter:
+    """A run's one catalog writer: collects the shards the workers wrote, appends them `append_rows` at a time.
+
+    Only shard summaries wait here (a path and a few numbers each), so memory holds one append's rows at most.
+    """
+
+    def __init__(self, catalog: str, run_id: str, append_rows: int, lock_timeout: float) -> None:
+        self.catalog, self.run_id, self.append_rows, self.lock_timeout = catalog, run_id, append_rows, lock_timeout
+        self.waiting: list[ShardInfo] = []
+        self.waiting_rows = 0
+        self.counts = {"candidates_new": 0, "predictions_new": 0, "batches_written": 0, "appends": 0}
+        self.timings = {"write_s": 0.0, "lock_wait_s": 0.0, "lock_wait_max_s": 0.0}
+
+    def add(self, shard: ShardInfo) -> None:
+        self.waiting.append(shard)
+        self.waiting_rows += shard.rows
+        if self.waiting_rows >= self.append_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append every waiting shard now (the end of the run, or enough rows)."""
+        if not self.waiting:
+            return
+        started = time.perf_counter()
+        paths = [s.path for s in self.waiting]
+        written = ingest_shards(self.catalog, self.run_id, paths, self.counts["appends"], self.lock_timeout)
+        self.timings["write_s"] += time.perf_counter() - started
+        self.timings["lock_wait_s"] += written["lock_wait_s"]
+        self.timings["lock_wait_max_s"] = max(self.timings["lock_wait_max_s"], written["lock_wait_max_s"])
+        self.counts["candidates_new"] += written["candidates_new"]
+        self.counts["predictions_new"] += written["predictions_new"]
+        self.counts["batches_written"] += len(paths)
+        self.counts["appends"] += 1
+        self.waiting, self.waiting_rows = [], 0
 
 
 # ------------------------------------------------------------------------------------------------ progress
@@ -182,10 +277,12 @@ _listeners_lock = threading.Lock()
 
 @contextmanager
 def screen_progress(listener: ProgressListener) -> Iterator[None]:
-    """Call `listener(done, total)` as screen flow runs in this process store batches (total None: unknown).
+    """Call `listener(done, total)` as screen flow runs in this process get batches scored (total None: unknown).
 
     For a terminal progress bar around an in-process run (`cloud-screen screen`); the flow's progress artifact
-    is updated at the same moments, from the same counts.
+    is updated at the same moments, from the same counts. A batch counts once its shard is written and handed
+    to the catalog writer, which appends shards in large transactions; the last call (done == total) comes
+    after the last append.
     """
     with _listeners_lock:
         _listeners.append(listener)
@@ -197,7 +294,7 @@ def screen_progress(listener: ProgressListener) -> Iterator[None]:
 
 
 class _Progress:
-    """A flow run's progress: candidates stored so far of the expected total, to the artifact and the listeners."""
+    """A flow run's progress: candidates scored so far of the expected total, to the artifact and the listeners."""
 
     def __init__(self, catalog: str, expected: int | None) -> None:
         self.expected = expected
@@ -252,9 +349,8 @@ def _end_run(status: str) -> Callable[..., None]:
     return hook
 
 
-@flow(
+@flow(  # no task_runner here: batches go to the runner the `runner` parameter picks (flows/runners.py)
     name="screen",
-    task_runner=ThreadPoolTaskRunner(max_workers=2),
     log_prints=True,
     on_failure=[_end_run("failed")],
     on_crashed=[_end_run("interrupted")],
@@ -270,7 +366,9 @@ def screen(
     device: Annotated[Literal["auto", "cpu", "cuda"], Field(description="auto uses CUDA when present.")] = "auto",
     batch_size: Annotated[int, Field(ge=16, le=1_000_000, description="Candidates per task.")] = 2048,
     inference_batch: Annotated[int, Field(ge=1, le=65536, description="SCOPE strings per model call.")] = 1024,
-    encode_workers: Annotated[int, Field(ge=0, le=256, description="Encoder processes; 0 = all cores.")] = 0,
+    encode_workers: Annotated[
+        int, Field(ge=0, le=256, description="Encoder processes per batch; 0 = all cores of the machine scoring it.")
+    ] = 0,
     temperatures: Annotated[TemperatureGrid, Field(description="Debye curve grid.")] = TemperatureGrid(),  # noqa: B008
     report: Annotated[bool, Field(description="Write an HTML report next to the catalog.")] = True,
     resume: Annotated[
@@ -280,19 +378,38 @@ def screen(
     catalog_wait: Annotated[
         float, Field(ge=0, le=86400, description="Seconds to wait for the catalog while other runs write to it.")
     ] = 600.0,
+    runner: Annotated[
+        RunnerSpec, Field(description="Where batches are scored: threads of this process, or a Dask cluster.")
+    ] = RunnerSpec(),  # noqa: B008
+    append_rows: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000_000,
+            description="Rows per catalog append (large appends are fastest; small ones show results sooner).",
+        ),
+    ] = APPEND_ROWS,
+    shard_cache_days: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=3650,
+            description="Days a scored batch is kept beside the catalog after its last use, so "
+            "a rerun of the same candidates skips scoring (0: keep none).",
+        ),
+    ] = SHARD_CACHE_DAYS,
 ) -> ScreenResult:
     """Screen candidates with the CLOUD model into a DuckDB catalog and rank them."""
-    from cloud_core.encode import default_workers
-
     logger = get_run_logger()
     started = time.perf_counter()
     if top_k is not None:
         ranking = RankingSpec.parse({**ranking.model_dump(), "top_k": top_k})
-    workers = encode_workers or default_workers()
     fingerprint = model_fingerprint(model)
     store = Catalog(catalog, lock_timeout=catalog_wait)
     if resume:
         check_resumable(store, resume, source, fingerprint["hash"])
+    if runner.address:
+        check_scheduler(runner.address)  # one line now, before the run is recorded
     run_id = store.start_run(
         flow="screen",
         run_id=resume or (str(flow_run.id) if flow_run.id else None),
@@ -304,6 +421,7 @@ def screen(
             "device": device,
             "batch_size": batch_size,
             "temperatures": temperatures.model_dump(),
+            "runner": runner.model_dump(),
         },
         model={"id": fingerprint["id"], "hash": fingerprint["hash"], "card": _card_summary(fingerprint["card"])},
         code_version=code_version(),
@@ -311,41 +429,41 @@ def screen(
         device=machine(device)["device"],
         temperatures=temperatures.values(),
     )
-    logger.info("run %s -> %s", run_id, catalog)
+    logger.info("run %s -> %s (batches on %s)", run_id, catalog, runner.label())
+    shards = ShardStore.beside(catalog)
+    shards.start_run(run_id)
     expected = source.count if source.kind == "demo" else None
     progress = _Progress(catalog, expected)
-    counts = {"candidates": 0, "predicted": 0, "failed": 0, "candidates_new": 0, "predictions_new": 0}
-    timings = {"encode_s": 0.0, "infer_s": 0.0, "write_s": 0.0, "lock_wait_s": 0.0, "lock_wait_max_s": 0.0}
+    writer = _CatalogWriter(catalog, run_id, append_rows, catalog_wait)
+    counts = {"candidates": 0, "predicted": 0, "failed": 0, "batches": 0, "batches_reused": 0}
+    timings = {"encode_s": 0.0, "infer_s": 0.0}
 
-    def drain(pending: deque) -> None:
-        _, future = pending.popleft()
-        rows = future.result()
-        timings["encode_s"] += float(rows["encode_s"][0]) if rows.height else 0.0
-        timings["infer_s"] += float(rows["infer_s"][0]) if rows.height else 0.0
-        t = time.perf_counter()
-        written = write_batch(catalog, run_id, rows, counts["batches_written"], catalog_wait)
-        timings["write_s"] += time.perf_counter() - t
-        timings["lock_wait_s"] += written["lock_wait_s"]
-        timings["lock_wait_max_s"] = max(timings["lock_wait_max_s"], written["lock_wait_max_s"])
-        counts["batches_written"] += 1
-        counts["candidates"] += rows.height
-        failed = int((rows["candidate_id"].is_null() | rows["error"].is_not_null()).sum())
-        counts["failed"] += failed
-        counts["predicted"] += rows.height - failed
-        counts["candidates_new"] += written["candidates_new"]
-        counts["predictions_new"] += written["predictions_new"]
+    def take(shard: ShardInfo) -> None:
+        """A batch's shard is ready: count it and hand it to the writer."""
+        counts["batches"] += 1
+        counts["batches_reused"] += shard.reused
+        counts["candidates"] += shard.rows
+        counts["failed"] += int(shard.stats.get("failed", 0))
+        counts["predicted"] += shard.rows - int(shard.stats.get("failed", 0))
+        timings["encode_s"] += shard.stats.get("encode_s", 0.0)  # a reused shard carries its first timings
+        timings["infer_s"] += shard.stats.get("infer_s", 0.0)
+        writer.add(shard)
         progress.update(counts["candidates"])
-        logger.info("%d candidates scored and stored", counts["candidates"])
+        logger.info("%d candidates scored, %d stored", counts["candidates"], writer.counts["predictions_new"])
 
-    counts["batches_written"] = 0
-    pending: deque = deque()
-    for index, raws in enumerate(iter_batches(source, batch_size)):
-        batch = CandidateBatch.of(index, raws)
-        pending.append((batch, score_batch.submit(batch, model, device, inference_batch, workers)))
-        if len(pending) >= 2:  # the next batch encodes while this one is written
-            drain(pending)
-    while pending:
-        drain(pending)
+    options = {"run_id": run_id, "shards": str(shards.folder), "model": model, "device": device}
+    options |= {"inference_batch": inference_batch, "encode_workers": encode_workers, "cache": shard_cache_days > 0}
+    with open_runner(runner) as (task_runner, in_flight):
+        pending: deque = deque()
+        for index, raws in enumerate(iter_batches(source, batch_size)):
+            pending.append(task_runner.submit(score_batch, {"batch": CandidateBatch.of(index, raws), **options}))
+            if len(pending) >= in_flight:  # wait for the oldest: bounded memory, whatever the source's size
+                take(pending.popleft().result())
+        while pending:
+            take(pending.popleft().result())
+    writer.flush()
+    counts |= writer.counts
+    timings |= writer.timings
     progress.finish(counts["candidates"])
 
     t = time.perf_counter()
@@ -355,6 +473,8 @@ def screen(
     timings["lock_wait_s"] += store.lock_wait_s  # start and ranking; the batches' waits are in already
     timings["lock_wait_max_s"] = max(timings["lock_wait_max_s"], store.lock_wait_max_s)
     store.finish_run(run_id, "completed", counts=counts, timings=timings)
+    shards.remove_run(run_id)  # stored now; the cache keeps its own name for each shard
+    shards.sweep(shard_cache_days)
 
     report_path = None
     if report:

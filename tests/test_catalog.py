@@ -264,7 +264,7 @@ def test_ranking_filters_scores_and_pareto(tmp_path, scored):
                 "ranges": {"formation_energy_per_atom": {"max": -0.5}},
                 "thermo": [{"quantity": "cv", "temperature": 100, "min": 5.0}],
                 "exclude_elements": ["O"],
-                "nelements": {"min": 2, "max": 3},
+                "nelements": {"min": 4, "max": 4},
             },
             "objectives": [
                 {"property": "formation_energy_per_atom", "direction": "minimize"},
@@ -284,9 +284,10 @@ def test_ranking_filters_scores_and_pareto(tmp_path, scored):
         (pl.col("formation_energy_per_atom") <= -0.5)
         & pl.Series(cv100.numpy() >= 5.0)
         & ~pl.col("elements").list.contains("O")
-        & pl.col("nelements").is_between(2, 3)
+        & pl.col("nelements").is_between(4, 4)
     )
     assert 5 < kept.height < everything.height
+    assert everything.filter(pl.col("nelements") != 4).height > 0  # the element-count filter removes some
     # the top 5 and the Pareto front, computed independently here
     values = kept.select("formation_energy_per_atom", "debye_temperature").to_numpy().astype(float)
     front = {

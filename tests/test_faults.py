@@ -117,7 +117,8 @@ def test_screen_killed_with_sigkill_resumes_to_every_candidate_once(tmp_path, pr
     the same candidates holds: each candidate once, the same predictions."""
     catalog = tmp_path / "killed.duckdb"
     env = harness_env(tmp_path)
-    args = ["screen", "--catalog", str(catalog), "--count", "500", "--batch-size", "50", "--no-report"]
+    args = ["screen", "--catalog", str(catalog), "--count", "500", "--batch-size", "50", "--append-rows", "50"]
+    args += ["--no-report"]
     args += ["--top", "5", "--no-progress"]
     log = (tmp_path / "killed.log").open("w")
     process = subprocess.Popen(
@@ -188,32 +189,33 @@ def test_screen_killed_with_sigkill_resumes_to_every_candidate_once(tmp_path, pr
 
 
 def test_ctrl_c_marks_the_run_interrupted_and_resume_completes_it(tmp_path, prefect_harness, monkeypatch):
-    """Ctrl-C (KeyboardInterrupt) during the second batch's write: the flow's crash hook records `interrupted`
-    with the command that resumes it, and the resumed run stores every candidate once."""
+    """Ctrl-C (KeyboardInterrupt) during the second append (one batch each): the flow's crash hook records
+    `interrupted` with the command that resumes it, and the resumed run stores every candidate once, from the
+    shards the interrupted run left (no batch is scored again)."""
     import flows.screen as screen_module
     from flows.sources import SourceSpec
 
-    real_write = screen_module.write_batch
+    real_ingest = screen_module.ingest_shards
     calls = []
 
-    def write_then_interrupt(*args, **kwargs):
+    def ingest_then_interrupt(*args, **kwargs):
         calls.append(args[3])
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_write(*args, **kwargs)
+        return real_ingest(*args, **kwargs)
 
-    monkeypatch.setattr(screen_module, "write_batch", write_then_interrupt)
+    monkeypatch.setattr(screen_module, "ingest_shards", ingest_then_interrupt)
     catalog = tmp_path / "c.duckdb"
+    options = {"source": SourceSpec(count=60), "batch_size": 20, "report": False, "append_rows": 20}
     with pytest.raises(KeyboardInterrupt):
-        screen_module.screen(catalog=str(catalog), source=SourceSpec(count=60), batch_size=20, report=False)
+        screen_module.screen(catalog=str(catalog), **options)
     run = Catalog(catalog).run()
     assert run["status"] == "interrupted" and f"--resume {run['run_id']}`" in run["message"]
     assert Catalog(catalog).query("SELECT count(*) FROM predictions").item() == 20
-    monkeypatch.setattr(screen_module, "write_batch", real_write)
-    result = screen_module.screen(
-        catalog=str(catalog), source=SourceSpec(count=60), batch_size=20, report=False, resume=run["run_id"]
-    )
+    monkeypatch.setattr(screen_module, "ingest_shards", real_ingest)
+    result = screen_module.screen(catalog=str(catalog), resume=run["run_id"], **options)
     assert result.counts["predictions_new"] == 40 and Catalog(catalog).run()["status"] == "completed"
+    assert result.counts["batches_reused"] >= 2  # the batches scored before Ctrl-C came back from their shards
     assert Catalog(catalog).query("SELECT count(*), count(DISTINCT candidate_id) FROM predictions").row(0) == (60, 60)
     store, model_hash = Catalog(catalog), screen_module.model_fingerprint("default")["hash"]
     with pytest.raises(CatalogError, match="has completed; there is nothing to resume"):
@@ -359,7 +361,7 @@ def test_disk_full_during_a_screen_run_is_one_line_and_resumes_when_there_is_spa
     Catalog(path).migrate()
     free = os.statvfs(small_filesystem).f_bavail * os.statvfs(small_filesystem).f_frsize
     (small_filesystem / "filler").write_bytes(b"\0" * (free - 400 * 1024))  # 400 KiB left
-    monkeypatch.setattr(screen_module, "write_batch", screen_module.write_batch.with_options(retries=0))
+    monkeypatch.setattr(screen_module, "ingest_shards", screen_module.ingest_shards.with_options(retries=0))
     with pytest.raises(CatalogError) as info:
         screen_module.screen(catalog=str(path), source=SourceSpec(count=40), batch_size=20, report=False)
     message = str(info.value)

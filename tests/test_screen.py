@@ -42,6 +42,7 @@ def test_screen_flow_stores_ranks_reports_and_caches(tmp_path, prefect_harness):
     with screen_progress(lambda done, total: progress.append((done, total))):
         first = screen(catalog=str(catalog), source=SourceSpec(count=120), ranking=ranking, batch_size=50)
     assert first.counts["candidates"] == 120 and first.counts["batches_written"] == 3
+    assert first.counts["appends"] == 1 and first.counts["batches_reused"] == 0  # 3 shards, one catalog append
     assert progress == [(0, 120), (50, 120), (100, 120), (120, 120), (120, 120)]  # start, each batch, the end
     con = duckdb.connect(str(catalog), read_only=True)
     try:
@@ -60,10 +61,13 @@ def test_screen_flow_stores_ranks_reports_and_caches(tmp_path, prefect_harness):
     assert all(row["formation_energy_per_atom"] <= 0 for row in first.top)
     assert Path(first.report).exists() and Path(first.report).stat().st_size > 100_000
 
-    # the same candidates again: scored from the task cache, stored once more under the new run only
+    # the same candidates again: their shards come from the cache beside the catalog, stored under the new run only
     second = screen(catalog=str(catalog), source=SourceSpec(count=120), ranking=ranking, batch_size=50)
     assert second.counts["candidates_new"] == 0 and second.counts["predictions_new"] == first.counts["predicted"]
-    assert second.timings["encode_s"] == first.timings["encode_s"]  # cached results carry the first timings
+    assert second.counts["batches_reused"] == 3
+    assert second.timings["encode_s"] == first.timings["encode_s"]  # cached shards carry the first timings
+    shards = catalog.parent / "screen.duckdb.shards"
+    assert not list((shards / "runs").iterdir()) and len(list((shards / "cache").iterdir())) == 3  # runs: removed
 
     async def artifacts():
         async with get_client() as client:
