@@ -37,6 +37,7 @@ class ModelConfig:
     dropout: float = 0.1
     amount_numeric: bool = True  # add a learned vector × amount on composition-amount tokens
     pool_generators: bool = True  # the generator code becomes one token (see Encoder)
+    element_features: int = 0  # > 0: add a learned projection of fixed element descriptors (element_features.py)
     properties: tuple[str, ...] = PROPERTIES
     # Standardisation of targets (set from the training data): value = mean + std * head output.
     target_mean: dict[str, float] = field(default_factory=dict)
@@ -96,7 +97,7 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Token + position + segment (+ amount) embeddings, then pre-LN transformer blocks.
+    """Token + position + segment (+ amount) (+ element descriptor) embeddings, then pre-LN transformer blocks.
 
     With `pool_generators`, the generator code (up to 34 single-character tokens, more than half of a
     typical SCOPE string) enters the transformer as one token: the sum of one embedding per (position,
@@ -113,6 +114,12 @@ class Encoder(nn.Module):
         self.positions = nn.Embedding(config.max_length, config.d_model)
         self.segments = nn.Embedding(N_SEGMENTS, config.d_model)
         self.amount = nn.Parameter(torch.zeros(config.d_model)) if config.amount_numeric else None
+        if config.element_features:
+            # Descriptors per token (zeros on non-elements), filled by training and saved with the weights.
+            self.register_buffer("element_table", torch.zeros(config.vocab_size, config.element_features))
+            self.element_projection = nn.Linear(config.element_features, config.d_model, bias=False)
+        else:
+            self.element_table = self.element_projection = None
         self.generator_first, self.n_generator_chars = generator_id_range()
         self.generator_code = (
             nn.Embedding(GENERATOR_MAX_LENGTH * self.n_generator_chars, config.d_model)
@@ -129,6 +136,8 @@ class Encoder(nn.Module):
         x = self.tokens(batch.ids) + self.positions.weight[:L] + self.segments(batch.segments)  # (B, L, D)
         if self.amount is not None:
             x = x + batch.values.unsqueeze(-1).to(x.dtype) * self.amount  # (B, L, D)
+        if self.element_projection is not None:
+            x = x + self.element_projection(self.element_table[batch.ids])  # (B, L, F) -> (B, L, D)
         mask = batch.mask
         source = torch.where(mask, torch.arange(L, device=x.device), -1)  # (B, L)
         if self.generator_code is not None:
@@ -197,7 +206,8 @@ class CloudModel(nn.Module):
     def _init(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 

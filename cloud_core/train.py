@@ -29,7 +29,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from cloud_core import __version__
+from cloud_core import __version__, element_features
 from cloud_core.datasets import TASK_TABLE, default_data_dir, encoder_fingerprint, pretraining_strings, training_frame
 from cloud_core.debye import debye_cv
 from cloud_core.device import pick_device
@@ -53,6 +53,7 @@ class TrainSettings:
     d_model: int = 256
     dropout: float = 0.1
     amount_numeric: bool = True
+    element_features: bool = False  # add fixed element descriptors to element tokens (element_features.py)
     max_length: int = 192
     pretrain_epochs: int = 3
     finetune_epochs: int = 40
@@ -425,8 +426,12 @@ def train(settings: TrainSettings) -> Path:
         d_model=settings.d_model,
         dropout=settings.dropout,
         amount_numeric=settings.amount_numeric,
+        element_features=len(element_features.FEATURES) if settings.element_features else 0,
     )
-    model = CloudModel(config).to(device)
+    model = CloudModel(config)
+    if settings.element_features:
+        model.encoder.element_table.copy_(torch.from_numpy(element_features.feature_matrix(vocabulary())))
+    model = model.to(device)
     log.info("model: %.2f M parameters", model.n_parameters() / 1e6)
     pretrain_losses = pretrain(model, corpus, settings, device) if settings.pretrain_epochs else []
     t_pretrain = time.perf_counter() - started

@@ -57,6 +57,13 @@ def train(
     data: Annotated[Path | None, typer.Option(help="Shared data folder (default ../shared/data).")] = None,
     variant: Annotated[str, typer.Option(help="SCOPE variant the model reads.")] = "detailed",
     composition_only: Annotated[bool, typer.Option(help="Baseline: read only the composition part.")] = False,
+    amount_numeric: Annotated[
+        bool, typer.Option(help="Embed each amount's value as well as its token (--no-amount-numeric: token only).")
+    ] = True,
+    element_features: Annotated[
+        bool,
+        typer.Option(help="Add fixed element descriptors (period, group, electronegativity...) to element tokens."),
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
     n_layer: Annotated[int, typer.Option()] = 4,

@@ -47,6 +47,13 @@ def train(
     data: Annotated[str, Field(description="Shared data folder; empty: ../shared/data or $CLOUD_SCREEN_DATA.")] = "",
     variant: Annotated[Variant, Field(description="SCOPE variant the model reads.")] = "detailed",
     composition_only: Annotated[bool, Field(description="Baseline: read only the composition part.")] = False,
+    amount_numeric: Annotated[
+        bool, Field(description="Embed each amount's value as well as its token (false: token only).")
+    ] = True,
+    element_features: Annotated[
+        bool,
+        Field(description="Add fixed element descriptors (period, group, electronegativity...) to element tokens."),
+    ] = False,
     device: Annotated[Device, Field(description="auto uses CUDA when present.")] = "auto",
     seed: Annotated[int, Field(description="Seed for weights, masking and batch order.")] = 0,
     n_layer: Annotated[int, Field(ge=1, le=48, description="Transformer layers.")] = 4,

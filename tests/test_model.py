@@ -14,6 +14,7 @@ from cloud_core.encode import EncodeSettings, encode_structures
 from cloud_core.inference import predict_strings
 from cloud_core.model import CloudModel, ModelConfig
 from cloud_core.prototypes import generate_candidates
+from cloud_core.structures import _element_symbols
 from cloud_core.tokenizer import CLS, MASK, UNK, decode, tokenize, vocabulary, vocabulary_hash
 from tests.conftest import shared_file
 
@@ -145,6 +146,38 @@ def test_bundle_round_trip_and_refusals(tmp_path, small_model, prototype_scopes)
         load_bundle(tmp_path / "missing")
 
 
+def test_element_descriptors_reach_the_model_and_travel_with_the_bundle(tmp_path, prototype_scopes):
+    from cloud_core import element_features
+
+    tokens = vocabulary()
+    matrix = element_features.feature_matrix(tokens)
+    on_elements = np.abs(matrix).sum(axis=1) > 0
+    assert {t for t, e in zip(tokens, on_elements, strict=True) if e} == _element_symbols()  # the 118, only
+    np.testing.assert_allclose(matrix[on_elements].mean(axis=0), 0, atol=1e-5)  # standardised columns
+    group = element_features.FEATURES.index("group")
+    assert matrix[tokens.index("Na"), group] == matrix[tokens.index("K"), group] != matrix[tokens.index("Mg"), group]
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=len(tokens),
+        n_layer=1,
+        n_head=2,
+        d_model=32,
+        dropout=0.0,
+        element_features=len(element_features.FEATURES),
+    )
+    model = CloudModel(config).eval()
+    with torch.no_grad():
+        model.encoder.element_table.copy_(torch.from_numpy(matrix))
+    scopes = prototype_scopes["detailed"][:20]
+    before = predict_strings(model, scopes)
+    bundle = load_bundle(save_bundle(tmp_path / "b", model, {"name": "test"}))
+    assert predict_strings(bundle.model, scopes).equals(before)  # the table is saved with the weights
+    with torch.no_grad():
+        model.encoder.element_table.zero_()
+    assert not predict_strings(model, scopes).equals(before)  # and the model reads it
+
+
 def test_inference_rows_errors_and_nonfinite_outputs(small_model):
     frame = predict_strings(small_model, [AL2O3, None, "1 3 | 12c | Xx 1.0", AL2O3])
     assert frame.height == 4
@@ -269,13 +302,24 @@ def test_train_command_and_flow_build_the_same_settings(tmp_path, monkeypatch):
 
     monkeypatch.setattr("cloud_core.train.train", fake_training)
     with pytest.raises(Stop):
-        train_flow.fn(out="m", data=str(tmp_path), d_model=32, n_head=2, pretrain_epochs=0, lr=1e-3)
+        train_flow.fn(
+            out="m",
+            data=str(tmp_path),
+            d_model=32,
+            n_head=2,
+            pretrain_epochs=0,
+            lr=1e-3,
+            amount_numeric=False,
+            element_features=True,
+        )
     options = ["--out", "m", "--data", str(tmp_path), "--d-model", "32", "--n-head", "2", "--pretrain-epochs", "0"]
+    options += ["--no-amount-numeric", "--element-features"]
     result = CliRunner().invoke(app, ["train", *options, "--lr", "1e-3"])
     assert isinstance(result.exception, Stop), result.output
     flow_settings, command_settings = seen
     assert flow_settings == command_settings  # same defaults, same mapping
     assert (flow_settings.d_model, flow_settings.n_head, flow_settings.pretrain_epochs) == (32, 2, 0)
+    assert (flow_settings.amount_numeric, flow_settings.element_features) == (False, True)
     assert flow_settings.data_dir == str(tmp_path)
 
 
