@@ -9,7 +9,7 @@ and of the whole tree. Time should grow linearly and memory stay flat.
 Beside it, in the same run, the reference path's parse + symmetry (pymatgen builds each structure from the same
 JSON text, SpacegroupAnalyzer finds its symmetry) on the first `--reference` candidates, for the ratio.
 
-    python bench/bench_screen.py [--sizes 10000,100000,400000] [--reference 2000] [--batch-size 2048]
+    python bench/bench_screen.py [--sizes 10000,100000,400000] [--reference 2000] [--batch-size 2048] [--append-rows N]
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ def _pss(process: psutil.Process) -> int:
         return 0
 
 
-def screen_once(exe: str, catalog: Path, count: int, batch_size: int) -> dict[str, object]:
+def screen_once(exe: str, catalog: Path, count: int, batch_size: int, append_rows: int | None) -> dict[str, object]:
     """One `cloud-screen screen` run of `count` generated candidates; wall time, memory, the run's timings."""
     command = [exe, "screen", "--catalog", str(catalog), "--count", str(count), "--batch-size", str(batch_size)]
+    command += ["--append-rows", str(append_rows)] if append_rows else []
     command += ["--no-report", "--no-progress", "--top", "20"]
     peaks: dict[str, float] = {}
     stop = threading.Event()
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,400000", help="comma-separated candidate counts")
     parser.add_argument("--reference", type=int, default=2000, help="candidates for the reference path's rate")
     parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--append-rows", type=int, default=None, help="rows per catalog append (default: the flow's)")
     args = parser.parse_args()
     exe = shutil.which("cloud-screen") or str(Path(sys.executable).parent / "cloud-screen")
     results: dict[str, object] = {"load_average_start": os.getloadavg(), "cores": os.cpu_count()}
@@ -124,7 +126,8 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
-            runs.append(screen_once(exe, Path(tmp) / f"screen-{size}.duckdb", size, args.batch_size))
+            catalog = Path(tmp) / f"screen-{size}.duckdb"
+            runs.append(screen_once(exe, catalog, size, args.batch_size, args.append_rows))
             print(json.dumps(runs[-1]), flush=True)
     results["runs"] = runs
     if results["reference"]:

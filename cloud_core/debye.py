@@ -114,5 +114,37 @@ def fit_debye_temperature(temperatures: np.ndarray, cv: np.ndarray, bounds=(10.0
     return float(minimize_scalar(loss, bounds=bounds, method="bounded", options={"xatol": 1e-3}).x)
 
 
+# --------------------------------------------------------------------------------------------------
+# Einstein model and the Debye + Einstein mixture (a richer, still thermodynamically consistent spectrum)
+
+
+def einstein_thermo(theta, temperature) -> dict[str, torch.Tensor]:
+    """Einstein model (3 oscillators of one frequency per atom), same units and keys as debye_thermo.
+
+    With x = θ_E / T:  Cv = 3R x^2 e^-x / (1 - e^-x)^2,  U = 3R θ_E (1/2 + e^-x / (1 - e^-x)),
+    S = 3R [x e^-x / (1 - e^-x) - ln(1 - e^-x)],  F = U - T S. Written with e^-x and expm1: no overflow.
+    """
+    theta, temperature = _as_tensors(theta, temperature)
+    x = theta / temperature
+    decay = torch.exp(-x)
+    one_minus = -torch.expm1(-x)  # 1 - e^-x
+    bose = decay / one_minus  # 1 / (e^x - 1)
+    cv = 3 * GAS_CONSTANT * x**2 * decay / one_minus**2
+    u = 3 * GAS_CONSTANT * theta * (0.5 + bose)
+    s = 3 * GAS_CONSTANT * (x * bose - torch.log(one_minus))
+    return {"cv": cv, "u": u, "s": s, "f": u - temperature * s}
+
+
+def debye_einstein_thermo(theta_debye, theta_einstein, einstein_weight, temperature) -> dict[str, torch.Tensor]:
+    """A spectrum that is a fraction (1 - w) Debye and w Einstein: every quantity is the same mixture.
+
+    Each part is a normalised phonon density of states (3 modes per atom), so the mixture is one too, and
+    Cv, U, S, F stay mutually consistent (dU/dT = Cv, dF/dT = -S) for any w in [0, 1]."""
+    debye = debye_thermo(theta_debye, temperature)
+    einstein = einstein_thermo(theta_einstein, temperature)
+    w = torch.as_tensor(einstein_weight, dtype=debye["cv"].dtype, device=debye["cv"].device)
+    return {q: (1 - w) * debye[q] + w * einstein[q] for q in debye}
+
+
 # The T -> 0 limit of Cv, used by tests and docs: Cv = 12 π^4 / 5 R (T/θ)^3.
 T3_COEFFICIENT = 12 * math.pi**4 / 5 * GAS_CONSTANT

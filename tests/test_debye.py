@@ -14,10 +14,12 @@ from cloud_core.debye import (
     GAS_CONSTANT,
     T3_COEFFICIENT,
     debye_cv,
+    debye_einstein_thermo,
     debye_entropy,
     debye_free_energy,
     debye_internal_energy,
     debye_thermo,
+    einstein_thermo,
     fit_debye_temperature,
 )
 from tests.conftest import shared_file
@@ -92,6 +94,36 @@ def test_du_dt_is_cv_and_df_dt_is_minus_s_by_autograd():
     assert ((du_dt - cv).abs() / cv)[relevant].max() <= 1e-4
     relevant = s > 1e-8 * 3 * R
     assert ((df_dt + s).abs() / s)[relevant].max() <= 1e-4
+
+
+def test_einstein_limits_identities_and_mixture():
+    """Einstein: 3R at high T, zero-point 3/2 R θ_E, exponential freeze-out; dU/dT = Cv and dF/dT = -S hold for
+    Einstein and for any Debye + Einstein mixture, in float64 and finite in float32 over the stated range."""
+    theta_e = torch.tensor([100.0, 600.0], dtype=torch.float64)
+    hot = einstein_thermo(theta_e, theta_e * 50)["cv"]  # x = 0.02: Cv = 3R (1 - x^2 / 12 + ...)
+    assert torch.allclose(hot, torch.full_like(hot, 3 * R * (1 - 0.02**2 / 12)), rtol=1e-8)
+    cold = einstein_thermo(theta_e, torch.tensor(1e-3, dtype=torch.float64))
+    assert torch.allclose(cold["u"], 1.5 * R * theta_e, rtol=1e-12) and (cold["cv"] == 0).all()
+    t = theta_e / 20  # x = 20: the exponential freeze-out
+    expected = 3 * R * 400 * math.exp(-20) / (1 - math.exp(-20)) ** 2
+    assert torch.allclose(einstein_thermo(theta_e, t)["cv"], torch.tensor(expected, dtype=torch.float64), rtol=1e-12)
+
+    theta, t = torch.meshgrid(THETAS.double(), TEMPERATURES.double(), indexing="ij")
+    t = t.clone().requires_grad_(True)
+    for thermo in (einstein_thermo(theta, t), debye_einstein_thermo(theta, 0.7 * theta, 0.3, t)):
+        (du_dt,) = torch.autograd.grad(thermo["u"].sum(), t, retain_graph=True)
+        (df_dt,) = torch.autograd.grad(thermo["f"].sum(), t)
+        cv, s = thermo["cv"].detach(), thermo["s"].detach()
+        relevant = cv > 1e-8 * 3 * R
+        assert ((du_dt - cv).abs() / cv)[relevant].max() <= 1e-4
+        relevant = s > 1e-8 * 3 * R
+        assert ((df_dt + s).abs() / s)[relevant].max() <= 1e-4
+    mixed = debye_einstein_thermo(400.0, 300.0, 0.25, 200.0)
+    debye, einstein = debye_thermo(400.0, 200.0), einstein_thermo(300.0, 200.0)
+    assert float(mixed["s"]) == pytest.approx(0.75 * float(debye["s"]) + 0.25 * float(einstein["s"]), rel=1e-6)
+    theta32, t32 = torch.meshgrid(THETAS.float(), TEMPERATURES.float(), indexing="ij")
+    for name, value in einstein_thermo(theta32, t32).items():
+        assert torch.isfinite(value).all(), name
 
 
 def test_same_results_for_scalars_arrays_and_broadcasting():
