@@ -23,8 +23,8 @@ import polars as pl
 import torch
 
 from cloud_core.debye import debye_cv
-from cloud_core.model import CloudModel
-from cloud_core.tokenizer import Batch, generator_id_range, tokenize
+from cloud_core.model import CloudModel, slot_layout
+from cloud_core.tokenizer import Batch, tokenize
 
 CV_REPORT_TEMPERATURE = 300.0  # K: `cv_300K`, the heat capacity every prediction table carries
 # Batching (see the module docstring): padded tokens at most (1 + PADDING_SLACK) x real tokens, unless the batch
@@ -54,14 +54,11 @@ def prediction_columns(model: CloudModel) -> list[str]:
 
 
 def model_lengths(model: CloudModel, tokens: Batch) -> np.ndarray:
-    """Sequence length each row of `tokens` has inside the model: with generator pooling, the generator
-    characters become one token (see model.Encoder._pool_generators, which always adds that token)."""
-    lengths = tokens.mask.sum(1)
-    if model.config.pool_generators:
-        first, count = generator_id_range()
-        generator = tokens.mask & (tokens.segments == 0) & (tokens.ids >= first) & (tokens.ids < first + count)
-        lengths = lengths - generator.sum(1) + 1
-    return lengths.numpy()
+    """Sequence length each row of `tokens` has inside the model, after the pooling of the generator code (and
+    with `pool_pairs`, of Wyckoff:element and element:amount pairs) into single slots (see model.slot_layout)."""
+    if not (model.config.pool_generators or model.config.pool_pairs):
+        return tokens.mask.sum(1).numpy()
+    return slot_layout(tokens, model.config)[2].numpy()
 
 
 def batch_end(lengths: np.ndarray, start: int, size: int, min_tokens: int) -> int:

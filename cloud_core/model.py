@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cloud_core.debye import debye_cv
-from cloud_core.tokenizer import N_SEGMENTS, PAD, Batch, generator_id_range
+from cloud_core.tokenizer import MIXED_ID, N_SEGMENTS, PAD, Batch, amount_id_range, element_id_range, generator_id_range
 
 PROPERTIES = ("formation_energy_per_atom", "band_gap", "log10_k_vrh", "log10_g_vrh")
 DEBYE_FIT_TEMPERATURE = 305.0  # K, the temperature whose heat capacity the Debye head is trained on
@@ -37,6 +37,7 @@ class ModelConfig:
     dropout: float = 0.1
     amount_numeric: bool = True  # add a learned vector × amount on composition-amount tokens
     pool_generators: bool = True  # the generator code becomes one token (see Encoder)
+    pool_pairs: bool = False  # each Wyckoff:element pair and each element:amount pair becomes one token
     element_features: int = 0  # > 0: add a learned projection of fixed element descriptors (element_features.py)
     properties: tuple[str, ...] = PROPERTIES
     # Standardisation of targets (set from the training data): value = mean + std * head output.
@@ -105,6 +106,14 @@ class Encoder(nn.Module):
     embeddings would not). Sequences get about 2x shorter and attention ~4x cheaper, at no loss of
     information. A masked generator character is no longer a generator character, so it stays in the
     sequence as [MASK] and masked-LM pre-training still predicts it from context.
+
+    With `pool_pairs`, tokens that belong to the one before them join its slot, their embeddings summed: the
+    element(s) occupying a Wyckoff orbit (`4a Ba + Sr` of `4a:Ba+Sr`) and an element's amount (`Ba 0.5`).
+    A detailed string then has one slot per occupied orbit and one per element, about 40 % fewer than tokens,
+    and which element sits on which orbit is in the slot itself rather than in the order of two slots. Token
+    and segment embeddings are summed per slot and positions count slots. A slot is labelled, in masked-LM
+    pre-training, with its first token; a masked element or amount is [MASK], which joins nothing, so it
+    keeps a slot (and its label) of its own.
     """
 
     def __init__(self, config: ModelConfig):
@@ -133,15 +142,20 @@ class Encoder(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states (B, W, D) and, per output slot, its input position (B, W) (-1: pooled generator, padding)."""
         L = batch.ids.shape[1]
-        x = self.tokens(batch.ids) + self.positions.weight[:L] + self.segments(batch.segments)  # (B, L, D)
+        x = self.tokens(batch.ids)  # (B, L, D)
+        if not self.config.pool_pairs:
+            x = x + self.positions.weight[:L]  # positions of tokens (with pool_pairs: of slots, below)
+        x = x + self.segments(batch.segments)
         if self.amount is not None:
             x = x + batch.values.unsqueeze(-1).to(x.dtype) * self.amount  # (B, L, D)
         if self.element_projection is not None:
             x = x + self.element_projection(self.element_table[batch.ids])  # (B, L, F) -> (B, L, D)
         mask = batch.mask
         source = torch.where(mask, torch.arange(L, device=x.device), -1)  # (B, L)
-        if self.generator_code is not None:
-            x, mask, source = self._pool_generators(batch, x)
+        if self.generator_code is not None or self.config.pool_pairs:
+            x, mask, source = self._pool(batch, x)
+        if self.config.pool_pairs:
+            x = x + self.positions.weight[: x.shape[1]]
         x = self.drop(x)
         # Padding keys are left out through a boolean mask (True = attend); (B, 1, 1, W) broadcasts.
         attn_mask = mask[:, None, None, :]
@@ -149,25 +163,51 @@ class Encoder(nn.Module):
             x = block(x, attn_mask)
         return self.ln_f(x), source
 
-    def _pool_generators(self, batch: Batch, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, _, D = x.shape
-        char = batch.ids - self.generator_first  # (B, L)
-        is_gen = batch.mask & (batch.segments == 0) & (char >= 0) & (char < self.n_generator_chars)
-        place = (is_gen.cumsum(1) - 1).clamp(0, GENERATOR_MAX_LENGTH - 1)  # position within the code
-        code = place * self.n_generator_chars + char.clamp(0, self.n_generator_chars - 1)  # (B, L)
-        pooled = (self.generator_code(code) * is_gen.unsqueeze(-1)).sum(1) + self.segments.weight[0]  # (B, D)
-        keep = batch.mask & ~is_gen
-        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept tokens first, in order
-        width = int(keep.sum(1).max())
-        order = order[:, :width]  # (B, W)
-        kept = torch.gather(x, 1, order.unsqueeze(-1).expand(B, width, D))  # (B, W, D)
-        kept_mask = torch.gather(keep, 1, order)  # (B, W)
-        # [CLS] stays first; the pooled generator token goes right after it.
-        x = torch.cat([kept[:, :1], pooled.unsqueeze(1), kept[:, 1:]], 1)  # (B, W + 1, D)
-        mask = torch.cat([kept_mask[:, :1], kept_mask.new_ones(B, 1), kept_mask[:, 1:]], 1)
-        order = torch.where(kept_mask, order, -1)  # padding slots come from no input token
-        source = torch.cat([order[:, :1], order.new_full((B, 1), -1), order[:, 1:]], 1)
-        return x, mask, source
+    def _pool(self, batch: Batch, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token embeddings (B, L, D) summed into slots (B, W, D), the slots' mask (B, W) and, per slot, the
+        position of its first token (B, W) (-1: the pooled generator code, padding). See `slot_layout`."""
+        B, L, D = x.shape
+        slot, is_gen, n_slots = slot_layout(batch, self.config)  # (B, L), (B, L), (B,)
+        W = int(n_slots.max())
+        others = batch.mask & ~is_gen
+        index = torch.where(others, slot, 0)  # generator characters and padding add zeros to slot 0
+        pooled = x.new_zeros(B, W, D).scatter_add_(1, index.unsqueeze(-1).expand(B, L, D), x * others.unsqueeze(-1))
+        if self.generator_code is not None:  # slot 1, right after [CLS]
+            char = (batch.ids - self.generator_first).clamp(0, self.n_generator_chars - 1)
+            place = (is_gen.cumsum(1) - 1).clamp(0, GENERATOR_MAX_LENGTH - 1)  # position within the code
+            code = self.generator_code(place * self.n_generator_chars + char)  # (B, L, D)
+            pooled[:, 1] = (code * is_gen.unsqueeze(-1)).sum(1) + self.segments.weight[0]
+        mask = torch.arange(W, device=x.device) < n_slots.unsqueeze(1)  # (B, W)
+        # A slot's source is its first token: the one that does not join the slot before it.
+        first = others & (slot != torch.cat([slot.new_full((B, 1), -2), slot[:, :-1]], 1))
+        source = x.new_full((B, W + 1), -1, dtype=torch.long)
+        source.scatter_(1, torch.where(first, slot, W), torch.arange(L, device=x.device).expand(B, L))
+        return pooled, mask, source[:, :W]
+
+
+def slot_layout(batch: Batch, config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each token goes inside the model: its slot (B, L) (-1 on padding), whether it is a generator
+    character pooled into the code's slot (B, L), and the number of slots per row (B,).
+
+    Slot 0 is [CLS]. With `pool_generators`, slot 1 holds the generator code (always, even when a string has
+    none) and the other tokens follow in order. With `pool_pairs`, an element or `+` in the Wyckoff segment and
+    an amount in the composition segment join the slot of the token before them.
+    """
+    ids, segments, mask = batch.ids, batch.segments, batch.mask
+    first, count = generator_id_range()
+    is_gen = mask & (segments == 0) & (ids >= first) & (ids < first + count) if config.pool_generators else mask & False
+    starts = mask & ~is_gen
+    if config.pool_pairs:
+        (element, n_elements), (amount, n_amounts) = element_id_range(), amount_id_range()
+        on_orbit = (segments == 1) & (((ids >= element) & (ids < element + n_elements)) | (ids == MIXED_ID))
+        amount_of = (segments == 2) & (ids >= amount) & (ids < amount + n_amounts)
+        starts &= ~(on_orbit | amount_of)
+    rank = starts.cumsum(1) - 1  # slot among the non-generator slots; joining tokens share their start's
+    n_slots = starts.sum(1)
+    if config.pool_generators:
+        rank = torch.where(is_gen, 1, rank + (rank >= 1).long())
+        n_slots = n_slots + 1
+    return torch.where(mask, rank, -1), is_gen, n_slots
 
 
 class MaskedLMHead(nn.Module):

@@ -37,6 +37,7 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[MASK]")
 PAD, UNK, CLS, MASK = range(4)
 SEPARATOR = "|"
 MIXED = "+"
+MIXED_ID = len(SPECIALS) + 1  # the vocabulary starts with the specials, then SEPARATOR, then MIXED
 N_SEGMENTS = 3
 
 
@@ -70,12 +71,32 @@ def vocabulary() -> tuple[str, ...]:
     )
 
 
+def _contiguous(ids: list[int]) -> tuple[int, int]:
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    return ids[0], len(ids)
+
+
 @cache
 def generator_id_range() -> tuple[int, int]:
     """(first id, count) of the generator-character tokens, which are contiguous in the vocabulary."""
-    ids = [i for i, token in enumerate(vocabulary()) if token.startswith("g:")]
-    assert ids == list(range(ids[0], ids[0] + len(ids)))
-    return ids[0], len(ids)
+    return _contiguous([i for i, token in enumerate(vocabulary()) if token.startswith("g:")])
+
+
+@cache
+def element_id_range() -> tuple[int, int]:
+    """(first id, count) of the 118 element tokens, contiguous in the vocabulary."""
+    import gemmi
+
+    return _contiguous([_token_ids()[gemmi.Element(z).name] for z in range(1, 119)])
+
+
+@cache
+def amount_id_range() -> tuple[int, int]:
+    """(first id, count) of the amount tokens 0.0 ... 1.0, contiguous (the end of the vocabulary)."""
+    from cloud_core.scope import format_amount
+
+    amounts = dict.fromkeys(format_amount(k / 100) for k in range(101))
+    return _contiguous([_token_ids()[a] for a in amounts])
 
 
 @cache

@@ -54,6 +54,7 @@ class TrainSettings:
     dropout: float = 0.1
     amount_numeric: bool = True
     element_features: bool = False  # add fixed element descriptors to element tokens (element_features.py)
+    pool_pairs: bool = False  # one model slot per Wyckoff:element and element:amount pair (model.slot_layout)
     max_length: int = 192
     pretrain_epochs: int = 3
     finetune_epochs: int = 40
@@ -427,6 +428,7 @@ def train(settings: TrainSettings) -> Path:
         dropout=settings.dropout,
         amount_numeric=settings.amount_numeric,
         element_features=len(element_features.FEATURES) if settings.element_features else 0,
+        pool_pairs=settings.pool_pairs,
     )
     model = CloudModel(config)
     if settings.element_features:

@@ -11,8 +11,8 @@ import torch
 
 from cloud_core.bundle import BundleError, load_bundle, save_bundle
 from cloud_core.encode import EncodeSettings, encode_structures
-from cloud_core.inference import predict_strings
-from cloud_core.model import CloudModel, ModelConfig
+from cloud_core.inference import model_lengths, predict_strings
+from cloud_core.model import CloudModel, ModelConfig, slot_layout
 from cloud_core.prototypes import generate_candidates
 from cloud_core.structures import _element_symbols
 from cloud_core.tokenizer import CLS, MASK, UNK, decode, tokenize, vocabulary, vocabulary_hash
@@ -30,14 +30,25 @@ def prototype_scopes() -> dict[str, list[str]]:
     }
 
 
-@pytest.fixture(scope="module")
-def small_model() -> CloudModel:
+def spread_model(**config) -> CloudModel:
+    """A small model whose weights are spread out, so that comparisons below are not trivially equal."""
     torch.manual_seed(0)
-    model = CloudModel(ModelConfig(vocab_size=len(vocabulary()), n_layer=2, n_head=2, d_model=32, dropout=0.0))
-    # give every head output a spread so that comparisons below are not trivially equal
+    model = CloudModel(
+        ModelConfig(vocab_size=len(vocabulary()), n_layer=2, n_head=2, d_model=32, dropout=0.0, **config)
+    )
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.2)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def small_model() -> CloudModel:
+    return spread_model()
+
+
+@pytest.fixture(scope="module")
+def pair_model() -> CloudModel:
+    return spread_model(pool_pairs=True)
 
 
 def test_vocabulary_is_closed_deterministic_and_pinned():
@@ -88,13 +99,51 @@ def test_unknown_tokens_and_overlong_strings_are_reported_not_hidden():
 
 
 @torch.no_grad()
-def test_padding_and_batch_company_do_not_change_outputs(small_model, prototype_scopes):
+@pytest.mark.parametrize("model_name", ["small_model", "pair_model"])
+def test_padding_and_batch_company_do_not_change_outputs(model_name, request, prototype_scopes):
+    model = request.getfixturevalue(model_name)
     scopes = prototype_scopes["detailed"][:12]
-    together = small_model(tokenize(scopes))
+    together = model(tokenize(scopes))
     for i in (0, 5, 11):
-        alone = small_model(tokenize([scopes[i]]))
+        alone = model(tokenize([scopes[i]]))
         for key in ("formation_energy_per_atom", "band_gap", "log_theta"):
             assert float(alone[key][0]) == pytest.approx(float(together[key][i]), abs=1e-5)
+
+
+MIXED_SITE = "1 4 b O O O c O O O d O O O e O O O 0 | 1a:Ba+Sr 3d:O | Ba 0.1 Sr 0.1 O 0.6"
+
+
+def test_pair_pooling_gives_one_slot_per_orbit_and_per_element(pair_model, small_model):
+    batch = tokenize([MIXED_SITE, AL2O3])
+    tokens = decode(batch.ids[0].tolist())
+    slot, _, n_slots = slot_layout(batch, pair_model.config)
+    # [CLS], generator code, |, 1a Ba + Sr, 3d O, |, Ba 0.1, Sr 0.1, O 0.6
+    assert n_slots.tolist() == [9, 8]
+    slots = [[t for t, k in zip(tokens, slot[0].tolist(), strict=True) if k == j] for j in range(9)]
+    assert slots[2:] == [["|"], ["1a", "Ba", "+", "Sr"], ["3d", "O"], ["|"], ["Ba", "0.1"], ["Sr", "0.1"], ["O", "0.6"]]
+    assert slot_layout(batch, small_model.config)[2].tolist() == [len(tokens) - 19 + 1, 10]  # generator pooled only
+    hidden, source = pair_model.encoder(batch)
+    assert hidden.shape[1] == 9
+    assert [tokens[i] for i in source[0, 2:].tolist()] == ["|", "1a", "3d", "|", "Ba", "Sr", "O"]  # first tokens
+    assert source[1, -1] == -1  # the shorter string's padding slot comes from no token
+    assert (model_lengths(pair_model, batch) == n_slots.numpy()).all()
+
+
+@torch.no_grad()
+def test_pair_pooling_binds_elements_to_their_orbits(pair_model):
+    swapped = "1 4 b O O O c O O O d O O O e O O O 0 | 1a:O 3d:Ba+Sr | Ba 0.1 Sr 0.1 O 0.6"
+    a, b = pair_model.pooled(tokenize([MIXED_SITE])), pair_model.pooled(tokenize([swapped]))
+    assert not torch.allclose(a, b)
+
+
+def test_masked_element_keeps_a_slot_and_its_label_under_pair_pooling(pair_model):
+    batch = tokenize([MIXED_SITE])
+    tokens = decode(batch.ids[0].tolist())
+    barium = tokens.index("Ba")  # the orbit's element, the first in the Wyckoff segment
+    batch.ids[0, barium] = MASK
+    _, source = pair_model.mlm_logits(batch)
+    assert barium in source[0].tolist()  # [MASK] joins no slot: predicted from a slot of its own
+    assert source.shape[1] == 10
 
 
 @torch.no_grad()
@@ -239,7 +288,8 @@ def test_evaluate_reproduces_the_card_metrics(tmp_path):
         assert row["mae"] == pytest.approx(card[task]["mae"], rel=0.03), task
 
 
-def test_pretraining_and_finetuning_loops_learn(prototype_scopes):
+@pytest.mark.parametrize("pool_pairs", [False, True])
+def test_pretraining_and_finetuning_loops_learn(prototype_scopes, pool_pairs):
     """The training loops on a tiny set: MLM loss falls; fine-tuning fits a label and calibrates its sigma."""
     import polars as pl
 
@@ -250,7 +300,9 @@ def test_pretraining_and_finetuning_loops_learn(prototype_scopes):
     settings = TrainSettings(
         n_layer=1, n_head=2, d_model=32, pretrain_epochs=4, finetune_epochs=15, batch_size=16, lr=3e-3, patience=15
     )
-    model = CloudModel(ModelConfig(vocab_size=len(vocabulary()), n_layer=1, n_head=2, d_model=32))
+    model = CloudModel(
+        ModelConfig(vocab_size=len(vocabulary()), n_layer=1, n_head=2, d_model=32, pool_pairs=pool_pairs)
+    )
     losses = pretrain(model, scopes, settings, torch.device("cpu"))
     assert losses[-1] < losses[0]
 
@@ -311,15 +363,20 @@ def test_train_command_and_flow_build_the_same_settings(tmp_path, monkeypatch):
             lr=1e-3,
             amount_numeric=False,
             element_features=True,
+            pool_pairs=True,
         )
     options = ["--out", "m", "--data", str(tmp_path), "--d-model", "32", "--n-head", "2", "--pretrain-epochs", "0"]
-    options += ["--no-amount-numeric", "--element-features"]
+    options += ["--no-amount-numeric", "--element-features", "--pool-pairs"]
     result = CliRunner().invoke(app, ["train", *options, "--lr", "1e-3"])
     assert isinstance(result.exception, Stop), result.output
     flow_settings, command_settings = seen
     assert flow_settings == command_settings  # same defaults, same mapping
     assert (flow_settings.d_model, flow_settings.n_head, flow_settings.pretrain_epochs) == (32, 2, 0)
-    assert (flow_settings.amount_numeric, flow_settings.element_features) == (False, True)
+    assert (flow_settings.amount_numeric, flow_settings.element_features, flow_settings.pool_pairs) == (
+        False,
+        True,
+        True,
+    )
     assert flow_settings.data_dir == str(tmp_path)
 
 
