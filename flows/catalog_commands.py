@@ -227,7 +227,7 @@ def screen(
     from catalogs.ranking import RankingSpec, SpecError
     from flows.materials_project import MPSourceError
     from flows.runners import RunnerError, RunnerSpec, check_scheduler
-    from flows.sources import parse_source
+    from flows.sources import parse_source, shortfall
 
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}")
@@ -324,6 +324,8 @@ def screen(
     ranked = ranked.filter(ranked["rank"] <= (top or ranking.top_k))
     print_ranked(ranked, title=f"run {result.run_id} ({result.counts['candidates']} candidates)", rows=top or 20)
     c, t = result.counts, result.timings
+    if note := shortfall(spec, c["candidates"]):
+        typer.echo(f"note: {note}", err=True)
     typer.echo(
         f"{c['candidates']} candidates: {c['predicted']} predicted, {c['failed']} failed, "
         f"{c['candidates_new']} new to the catalog; {t['total_s']:.1f} s -> {catalog}"

@@ -47,7 +47,7 @@ from cloud_core.structures import RawInput
 from flows.parameters import document_parameters
 from flows.provenance import code_version, machine
 from flows.runners import RunnerSpec, check_scheduler, open_runner
-from flows.sources import SourceSpec, iter_batches
+from flows.sources import SourceSpec, iter_batches, shortfall
 
 # Rows per catalog append: two DuckDB row groups (122,880 rows each). A transaction of at least one row group is
 # written straight to the database file instead of through the write-ahead log (and again at the checkpoint):
@@ -461,6 +461,8 @@ def screen(
                 take(pending.popleft().result())
         while pending:
             take(pending.popleft().result())
+    if note := shortfall(source, counts["candidates"]):
+        logger.warning(note)
     writer.flush()
     counts |= writer.counts
     timings |= writer.timings
@@ -544,7 +546,8 @@ def _summary_markdown(
         f"- source: `{source.label()}`",
         f"- catalog: `{catalog}`",
         f"- candidates: {counts['candidates']} ({counts['predicted']} predicted, {counts['failed']} failed); "
-        f"{counts['candidates_new']} new to the catalog",
+        f"{counts['candidates_new']} new to the catalog"
+        + (f" ({note})" if (note := shortfall(source, counts["candidates"])) else ""),
         f"- ranking `{ranking.name}`: {int((ranked['rank'] <= ranking.top_k).sum())} in the top-k, "
         f"{int(ranked['pareto'].sum())} on the Pareto front",
         "- timings: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in timings.items()),

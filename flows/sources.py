@@ -86,6 +86,16 @@ def iter_raw(spec: SourceSpec, **mp_options: Any) -> Iterator[RawInput]:
         yield from fetch_candidates(parse_mp_query(spec.mp_query), **mp_options)
 
 
+def shortfall(spec: SourceSpec, produced: int) -> str | None:
+    """Why a demo source gave fewer candidates than its count (the generator ran out of distinct ones), or None."""
+    if spec.kind != "demo" or produced >= spec.count:
+        return None
+    return (
+        f"the generator has {produced:,} distinct candidates for these prototypes and elements, fewer than the "
+        f"{spec.count:,} asked for: all of them were screened"
+    )
+
+
 def iter_batches(spec: SourceSpec, batch_size: int, **mp_options: Any) -> Iterator[list[RawInput]]:
     """The source's candidates in batches of `batch_size` (the unit of work of the screen flow)."""
     batch: list[RawInput] = []

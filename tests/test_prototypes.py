@@ -129,3 +129,17 @@ def test_prototype_cells_match_pymatgen(name):
     assert abs(abs(np.linalg.det(ours.lattice)) - reference.volume) < 1e-9
     frame = encode_structures([ours, crystal_from_pymatgen(reference)], settings=IDENTIFY)
     assert frame["error"].null_count() == 2 and frame["candidate_id"][0] == frame["candidate_id"][1]
+
+
+def test_a_demo_source_that_runs_out_of_candidates_says_how_many_it_has():
+    from flows.sources import SourceSpec, iter_raw, shortfall
+
+    spec = SourceSpec(kind="demo", count=1_000, prototypes=["rocksalt"], elements=["Li", "Na", "K", "F", "Cl"])
+    produced = sum(1 for _ in iter_raw(spec))
+    assert produced == 6  # 3 cations x 2 anions
+    assert shortfall(spec, produced) == (
+        "the generator has 6 distinct candidates for these prototypes and elements, fewer than the 1,000 asked "
+        "for: all of them were screened"
+    )
+    assert shortfall(spec.model_copy(update={"count": 6}), produced) is None
+    assert shortfall(SourceSpec(kind="files", paths=["x.cif"]), 0) is None
