@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,22 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+# What `cloud-screen screen` quiets in its own process environment when run in-process by a CliRunner test.
+CLI_QUIETED_ENVIRONMENT = ("PREFECT_LOGGING_LEVEL", "PREFECT_SERVER_ANALYTICS_ENABLED", "DASK_LOGGING__DISTRIBUTED")
+
+
+@pytest.fixture(autouse=True)
+def _cli_environment_stays_in_its_test():
+    """Restore what an in-process CLI run set in os.environ, so that it cannot change later tests' subprocesses."""
+    saved = {name: os.environ.get(name) for name in CLI_QUIETED_ENVIRONMENT}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def sync_playwright_or_skip():
