@@ -98,7 +98,9 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="Shared data folder.")],
     out: Annotated[Path, typer.Option(help="JSON file for the metrics.")],
     model: Annotated[str, typer.Option(help="Model bundle: name or folder.")] = "default",
-    baseline: Annotated[str | None, typer.Option(help="Composition-only bundle to report alongside.")] = None,
+    baseline: Annotated[
+        str, typer.Option(help="Composition-only bundle to report alongside (a shipped name or a folder; '': none).")
+    ] = "composition-only",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Test-split metrics per task for a model, with baselines, as JSON."""
@@ -108,7 +110,7 @@ def evaluate(
     if not data.is_dir():
         fail(f"{data} is not a folder (point --data at the shared data, e.g. ../shared/data)")
     try:
-        metrics = evaluate_bundle(model, data, device=device, baseline_path=baseline)
+        metrics = evaluate_bundle(model, data, device=device, baseline_path=baseline or None)
     except (BundleError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,9 @@ def evaluate(
     model: Annotated[str, Field(description="Model bundle: a shipped name or a folder.")] = "default",
     data: Annotated[str, Field(description="Shared data folder; empty: ../shared/data or $CLOUD_SCREEN_DATA.")] = "",
     out: Annotated[str, Field(description="JSON file for the metrics; empty: artifact only.")] = "",
-    baseline: Annotated[str, Field(description="Composition-only bundle to report alongside; empty: none.")] = "",
+    baseline: Annotated[
+        str, Field(description="Composition-only bundle to report alongside (a shipped name or a folder); empty: none.")
+    ] = "composition-only",
     device: Annotated[Device, Field(description="auto uses CUDA when present.")] = "auto",
 ) -> dict[str, Any]:
     """Test-split metrics per task for a model bundle, with baselines; a markdown table as an artifact."""
