@@ -16,6 +16,7 @@ import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.pool import AsyncResult
 from typing import Any
 
 import numpy as np
@@ -255,12 +256,17 @@ def encode_stream(
     chunk_size: int = 256,
     on_chunk: Callable[[int], None] | None = None,
     pool: Any = None,
+    help_while_waiting: Callable[[], bool] | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Encode a stream of raw inputs, yielding one frame per chunk in input order.
 
     With `pool` (see `encoder_pool`), or with workers > 1 (a pool of its own), the chunks go to worker
     processes, at most 2 x workers in flight, so the reader never runs ahead of the encoders by more than
     that (bounded memory for any input size). Otherwise this process encodes them one by one.
+
+    `help_while_waiting`: when the next frame is not ready and this returns True, this process encodes the
+    next chunk itself instead of waiting (at most 2 x workers chunks of its own ahead), so a consumer that is
+    faster than the workers (`predict`'s model) lends its core to encoding rather than idling.
     """
     chunks = _chunks(raws, chunk_size)
     if pool is None and workers <= 1:
@@ -274,12 +280,20 @@ def encode_stream(
     with contextlib.ExitStack() as stack:
         if own_pool:
             pool = stack.enter_context(encoder_pool(workers))
-        pending: deque = deque()
+        pending: deque = deque()  # (chunk size, AsyncResult or a frame encoded here), in input order
+        most = 4 * max(1, workers)
 
         def finished(keep: int) -> Iterator[pl.DataFrame]:
             while len(pending) > keep:
-                n, result = pending.popleft()
-                frame = result.get()
+                n, result = pending[0]
+                waiting = isinstance(result, AsyncResult) and not result.ready()
+                if waiting and len(pending) < most and help_while_waiting and help_while_waiting():
+                    chunk = next(chunks, None)
+                    if chunk is not None:
+                        pending.append((len(chunk), encode_chunk(chunk, settings)))
+                        continue
+                pending.popleft()
+                frame = result.get() if isinstance(result, AsyncResult) else result
                 if on_chunk:
                     on_chunk(n)
                 yield frame

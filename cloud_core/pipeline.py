@@ -4,8 +4,10 @@ The encoder pool starts before torch is imported, so its workers stay small and 
 process imports torch and loads the model; from then on the workers encode the next chunks while this process
 predicts the last one (a producer/consumer pair whose queue is the pool's bounded set of chunks in flight,
 see encode.encode_stream), and every chunk is written as soon as it is predicted, so memory stays flat for any
-number of inputs. On the CPU the model gets the cores the encoders leave free (at least one thread): more
-threads than cores make both sides wait on each other.
+number of inputs. Once the model is loaded, this process also encodes the next chunk itself whenever the
+workers have none ready for it, so a model faster than the encoders lends them its core instead of idling. On
+the CPU the model gets the cores the encoders leave free (at least one thread): more threads than cores make
+both sides wait on each other.
 """
 
 from __future__ import annotations
@@ -93,8 +95,15 @@ def predict_files(
     task = bar.add_task("predict", total=None)
     with bar, encoder_pool(workers) as pool, ThreadPoolExecutor(1, thread_name_prefix="model-loader") as loader:
         loading = loader.submit(load_for_inference, model, device, workers)  # torch imports while workers encode
+        # Once the model is loaded, this process encodes too whenever the workers have no chunk ready for it.
         frames = encode_stream(
-            iter_raw_inputs(paths), settings, workers, chunk_size, lambda n: bar.advance(task, n), pool=pool
+            iter_raw_inputs(paths),
+            settings,
+            workers,
+            chunk_size,
+            lambda n: bar.advance(task, n),
+            pool=pool,
+            help_while_waiting=loading.done,
         )
         first = next(frames, None)
         bundle, torch_device = loading.result()

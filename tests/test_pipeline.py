@@ -67,10 +67,12 @@ def test_encoder_workers_run_without_torch_and_rows_equal_one_process(demo_input
     assert run.returncode == 0, run.stderr
     parent_pid, parent_has_torch = run.stdout.split()[:2]
     records = {p.name: p.read_text() for p in spy.iterdir()}
-    worker_pids = {name.split("-")[0] for name in records}
     assert len(records) == 4  # 61 inputs in chunks of 16
-    assert parent_pid not in worker_pids and 1 <= len(worker_pids) <= workers  # encoded beside the model
-    assert set(records.values()) == {"False"} and parent_has_torch == "True"
+    by_workers = {name: had_torch for name, had_torch in records.items() if name.split("-")[0] != parent_pid}
+    by_parent = {name: had_torch for name, had_torch in records.items() if name.split("-")[0] == parent_pid}
+    worker_pids = {name.split("-")[0] for name in by_workers}
+    assert 1 <= len(worker_pids) <= workers and set(by_workers.values()) == {"False"}  # small workers, no torch
+    assert set(by_parent.values()) <= {"True"} and parent_has_torch == "True"  # the parent helps once loaded
 
     # The same rows as encoding and predicting in this one process.
     settings = EncodeSettings(variant="detailed")
@@ -104,3 +106,47 @@ def test_a_model_that_cannot_load_stops_before_any_output(demo_inputs, tmp_path)
     assert run.returncode == 1 and "another SCOPE vocabulary" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert list(tmp_path.glob("*.parquet")) == [] and list(tmp_path.glob(".*partial")) == []
+
+
+_ENCODED_IN_PARENT: list[str] = []
+
+
+def _slow_in_workers(chunk, settings):
+    """encode_chunk, half a second slower in any process but the one that imported this module first."""
+    import os
+    import time
+
+    import cloud_core.encode as encode
+
+    if os.getpid() == _PARENT_PID:
+        _ENCODED_IN_PARENT.append(chunk[0].id)
+    else:
+        time.sleep(0.5)
+    return encode.real_encode_chunk(chunk, settings)
+
+
+_PARENT_PID = __import__("os").getpid()
+
+
+def test_the_consumer_encodes_while_the_workers_are_slow(monkeypatch):
+    """encode_stream(help_while_waiting=...): the consuming process encodes chunks itself rather than wait, and
+    the frames still come in input order, equal to encoding everything in one process."""
+    import cloud_core.encode as encode
+    from cloud_core.prototypes import generate_candidates
+    from cloud_core.structures import RawInput, crystal_to_json
+
+    raws = [RawInput(i, "demo", "json", crystal_to_json(c)) for i, c in generate_candidates(max_count=40, seed=5)]
+    settings = encode.EncodeSettings(variant="detailed")
+    expected = pl.concat(list(encode.encode_stream(raws, settings, workers=1, chunk_size=4)))
+
+    monkeypatch.setattr(encode, "real_encode_chunk", encode.encode_chunk, raising=False)
+    monkeypatch.setattr(encode, "encode_chunk", _slow_in_workers)  # before the pool forks its worker
+    for helping in (True, False):
+        _ENCODED_IN_PARENT.clear()
+        with encode.encoder_pool(1) as pool:
+            frames = list(encode.encode_stream(raws, settings, 1, 4, pool=pool, help_while_waiting=lambda h=helping: h))
+        assert pl.concat(frames).equals(expected)
+        if helping:  # of 10 chunks, while the one worker sleeps through each of its own
+            assert len(_ENCODED_IN_PARENT) >= 5
+        else:
+            assert _ENCODED_IN_PARENT == []
