@@ -53,8 +53,8 @@ class TrainSettings:
     d_model: int = 256
     dropout: float = 0.1
     amount_numeric: bool = True
-    element_features: bool = False  # add fixed element descriptors to element tokens (element_features.py)
-    pool_pairs: bool = False  # one model slot per Wyckoff:element and element:amount pair (model.slot_layout)
+    element_features: bool = True  # add fixed element descriptors to element tokens (element_features.py)
+    pool_pairs: bool = True  # one model slot per Wyckoff:element and element:amount pair (model.slot_layout)
     max_length: int = 192
     pretrain_epochs: int = 3
     finetune_epochs: int = 40

@@ -63,11 +63,11 @@ def train(
     element_features: Annotated[
         bool,
         typer.Option(help="Add fixed element descriptors (period, group, electronegativity...) to element tokens."),
-    ] = False,
+    ] = True,
     pool_pairs: Annotated[
         bool,
         typer.Option(help="One model slot per Wyckoff:element and element:amount pair (about 40 % fewer slots)."),
-    ] = False,
+    ] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
     n_layer: Annotated[int, typer.Option()] = 4,

@@ -53,11 +53,11 @@ def train(
     element_features: Annotated[
         bool,
         Field(description="Add fixed element descriptors (period, group, electronegativity...) to element tokens."),
-    ] = False,
+    ] = True,
     pool_pairs: Annotated[
         bool,
         Field(description="One model slot per Wyckoff:element and element:amount pair (about 40 % fewer slots)."),
-    ] = False,
+    ] = True,
     device: Annotated[Device, Field(description="auto uses CUDA when present.")] = "auto",
     seed: Annotated[int, Field(description="Seed for weights, masking and batch order.")] = 0,
     n_layer: Annotated[int, Field(ge=1, le=48, description="Transformer layers.")] = 4,

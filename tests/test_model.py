@@ -365,10 +365,10 @@ def test_train_command_and_flow_build_the_same_settings(tmp_path, monkeypatch):
             lr=1e-3,
             amount_numeric=False,
             element_features=True,
-            pool_pairs=True,
+            pool_pairs=False,
         )
     options = ["--out", "m", "--data", str(tmp_path), "--d-model", "32", "--n-head", "2", "--pretrain-epochs", "0"]
-    options += ["--no-amount-numeric", "--element-features", "--pool-pairs"]
+    options += ["--no-amount-numeric", "--element-features", "--no-pool-pairs"]
     result = CliRunner().invoke(app, ["train", *options, "--lr", "1e-3"])
     assert isinstance(result.exception, Stop), result.output
     flow_settings, command_settings = seen
@@ -377,7 +377,7 @@ def test_train_command_and_flow_build_the_same_settings(tmp_path, monkeypatch):
     assert (flow_settings.amount_numeric, flow_settings.element_features, flow_settings.pool_pairs) == (
         False,
         True,
-        True,
+        False,
     )
     assert flow_settings.data_dir == str(tmp_path)
 
