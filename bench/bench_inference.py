@@ -153,8 +153,11 @@ def reference_predict(model: ReferenceModel, tokenizer, strings: list[str], devi
 # ----------------------------------------------------------------------------------------------- ours
 
 
-def reference_size_model(shipped: ModelConfig, width: int, layers: int, heads: int) -> CloudModel:
-    config = ModelConfig.from_dict({**shipped.to_dict(), "d_model": width, "n_layer": layers, "n_head": heads})
+def reference_size_model(
+    shipped: ModelConfig, width: int, layers: int, heads: int, pool_pairs: bool = False
+) -> CloudModel:
+    sizes = {"d_model": width, "n_layer": layers, "n_head": heads, "pool_pairs": pool_pairs}
+    config = ModelConfig.from_dict({**shipped.to_dict(), **sizes})
     torch.manual_seed(0)
     return CloudModel(config).eval()
 
@@ -261,6 +264,7 @@ def main() -> None:
     official_large, detailed_large = official[:n_large], detailed[:n_large]
 
     ours_large = reference_size_model(shipped.config, args.width, args.layers, args.heads).to(device)
+    ours_pairs = reference_size_model(shipped.config, args.width, args.layers, args.heads, pool_pairs=True).to(device)
     fast_tok, python_tok = reference_tokenizers(VOCAB)
     vocab_size = len(read_vocab(VOCAB))
     assert len(fast_tok) == vocab_size, f"tokenizer has {len(fast_tok)} tokens, vocab.txt {vocab_size}"
@@ -286,6 +290,7 @@ def main() -> None:
     ours_len = our_lengths(detailed, shipped, args.batch_size, device)
     ours_len_large = our_lengths(detailed_large, ours_large, args.batch_size, device)
     ours_len_official = our_lengths(official_large, ours_large, args.batch_size, device)
+    ours_len_pairs = our_lengths(detailed_large, ours_pairs, args.batch_size, device)
 
     def ours(model: CloudModel, strings: list[str]) -> Callable[[int], object]:
         return lambda k: predict_strings(model, strings[:k], device, args.batch_size)
@@ -318,6 +323,13 @@ def main() -> None:
         Stack(f"ours, shipped, first {n_large}", n_large, ours(shipped, detailed_large), check_frame, note=precision),
         Stack(f"ours, {large}", n_large, ours(ours_large, detailed_large), check_frame, note=precision),
         Stack(
+            f"ours, {large}, Wyckoff:element and element:amount pairs pooled (pool_pairs)",
+            n_large,
+            ours(ours_pairs, detailed_large),
+            check_frame,
+            note=precision,
+        ),
+        Stack(
             f"ours, {large}, reading the reference's own (official) strings",
             n_large,
             ours(ours_large, official_large),
@@ -347,8 +359,8 @@ def main() -> None:
             print(f"pass {p + 1} {stack.name}: {seconds:.2f} s", flush=True)
 
     by_name = {s.name: s for s in stacks + stages}
-    ref = stacks[4]
-    ours_big = stacks[2]
+    ref = next(s for s in stacks if s.name.startswith("reference"))
+    ours_big, ours_big_pairs = stacks[2], stacks[3]
     python_tok_s = by_name["reference: Python BertTokenizer"].median
     fast_tok_s = by_name["reference: fast BertTokenizer"].median
     ref_python_rate = n_large / (ref.median - fast_tok_s + python_tok_s)
@@ -395,19 +407,21 @@ def main() -> None:
         f"{np.minimum(ref_large, REF_MAX_LENGTH).mean():.1f} ({(ref_large > REF_MAX_LENGTH).mean():.1%} cut at "
         f"{REF_MAX_LENGTH}) | {REF_MAX_LENGTH} ({-(-n_large // args.batch_size)}) | {ref_large.max()} |"
     )
-    for label, n_strings, lengths in (
-        ("detailed", args.n, ours_len),
-        ("detailed", n_large, ours_len_large),
-        ("official", n_large, ours_len_official),
+    for label, n_strings, lengths, pooled in (
+        ("detailed", args.n, ours_len, "generator code and pairs" if shipped.config.pool_pairs else "generator code"),
+        ("detailed", n_large, ours_len_large, "generator code"),
+        ("detailed", n_large, ours_len_pairs, "generator code and pairs"),
+        ("official", n_large, ours_len_official, "generator code"),
     ):
         print(
-            f"| {n_strings} {label} | ours | {lengths['tokens']:.1f} | {lengths['pooled']:.1f} (generator code "
+            f"| {n_strings} {label} | ours | {lengths['tokens']:.1f} | {lengths['pooled']:.1f} ({pooled} "
             f"pooled) | {lengths['padded']:.1f} ({lengths['batches']}) | {lengths['max']} |"
         )
     print()
     print(
-        f"Ratios: ours {args.layers}x{args.width} vs reference BERT {ours_big.rate / ref.rate:.2f}x "
-        f"(target 3x); shipped vs reference BERT {stacks[1].rate / ref.rate:.1f}x."
+        f"Ratios: ours {args.layers}x{args.width} vs reference BERT {ours_big.rate / ref.rate:.2f}x, with pairs "
+        f"pooled {ours_big_pairs.rate / ref.rate:.2f}x (target 3x); shipped vs reference BERT "
+        f"{stacks[1].rate / ref.rate:.1f}x."
     )
     if args.json:
         args.json.write_text(
@@ -420,6 +434,7 @@ def main() -> None:
                     "ours_tokens": ours_len,
                     "ours_tokens_large": ours_len_large,
                     "ours_tokens_official": ours_len_official,
+                    "ours_tokens_pairs": ours_len_pairs,
                     "load_at_start": load_at_start,
                 },
                 indent=2,
