@@ -105,10 +105,16 @@ def predict_files(
             pool=pool,
             help_while_waiting=loading.done,
         )
-        first = next(frames, None)
+        # While the model loads, take the chunks as the workers finish them, so they go on encoding (the stream
+        # keeps at most 2 per worker in flight) instead of waiting for a consumer that is still importing torch.
+        ready: list[pl.DataFrame] = []
+        for encoded in frames:
+            ready.append(encoded)
+            if loading.done():
+                break
         bundle, torch_device = loading.result()
         with TableWriter(out) as writer:
-            for encoded in itertools.chain([first] if first is not None else [], frames):
+            for encoded in itertools.chain(ready, frames):
                 frame = predict_frame(bundle, encoded, torch_device, batch_size)
                 writer.write(frame)
                 counts["rows"] += frame.height
