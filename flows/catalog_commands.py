@@ -210,7 +210,7 @@ def screen(
         int, typer.Option(help="Encoder processes per batch; 0: all cores of the machine scoring it.")
     ] = 0,
     append_rows: Annotated[
-        int | None, typer.Option(help="Rows per catalog append (default 245,760: two DuckDB row groups).")
+        int | None, typer.Option(help="Rows per catalog append (default 122,880: one DuckDB row group).")
     ] = None,
 ) -> None:
     """Screen candidates into the catalog and print the ranked top (a Prefect flow run; no server needed)."""
