@@ -265,7 +265,7 @@ def encode_stream(
     that (bounded memory for any input size). Otherwise this process encodes them one by one.
 
     `help_while_waiting`: when the next frame is not ready and this returns True, this process encodes the
-    next chunk itself instead of waiting (at most 2 x workers chunks of its own ahead), so a consumer that is
+    next chunk itself instead of waiting (at most 4 x workers chunks pending in all), so a consumer that is
     faster than the workers (`predict`'s model) lends its core to encoding rather than idling.
     """
     chunks = _chunks(raws, chunk_size)

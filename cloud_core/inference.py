@@ -56,8 +56,6 @@ def prediction_columns(model: CloudModel) -> list[str]:
 def model_lengths(model: CloudModel, tokens: Batch) -> np.ndarray:
     """Sequence length each row of `tokens` has inside the model, after the pooling of the generator code (and
     with `pool_pairs`, of Wyckoff:element and element:amount pairs) into single slots (see model.slot_layout)."""
-    if not (model.config.pool_generators or model.config.pool_pairs):
-        return tokens.mask.sum(1).numpy()
     return slot_layout(tokens, model.config)[2].numpy()
 
 

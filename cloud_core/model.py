@@ -37,7 +37,7 @@ class ModelConfig:
     dropout: float = 0.1
     amount_numeric: bool = True  # add a learned vector × amount on composition-amount tokens
     pool_generators: bool = True  # the generator code becomes one token (see Encoder)
-    pool_pairs: bool = False  # each Wyckoff:element pair and each element:amount pair becomes one token
+    pool_pairs: bool = False  # one slot per Wyckoff:element and element:amount pair (False: bundles made before it)
     element_features: int = 0  # > 0: add a learned projection of fixed element descriptors (element_features.py)
     properties: tuple[str, ...] = PROPERTIES
     # Standardisation of targets (set from the training data): value = mean + std * head output.
