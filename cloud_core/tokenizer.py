@@ -42,12 +42,26 @@ N_SEGMENTS = 3
 
 
 @cache
-def vocabulary() -> tuple[str, ...]:
-    """Every token, in id order. Built from the code's tables, never from data."""
+def element_tokens() -> tuple[str, ...]:
+    """The 118 element symbols, by atomic number."""
     import gemmi
 
+    return tuple(gemmi.Element(z).name for z in range(1, 119))
+
+
+@cache
+def amount_tokens() -> tuple[str, ...]:
+    """The amounts 0.0, 0.01, ..., 1.0 as the encoder renders them."""
+    from cloud_core.scope import format_amount
+
+    return tuple(dict.fromkeys(format_amount(k / 100) for k in range(101)))
+
+
+@cache
+def vocabulary() -> tuple[str, ...]:
+    """Every token, in id order. Built from the code's tables, never from data."""
     from cloud_core import wyckoff_tables
-    from cloud_core.scope import format_amount, generator_codes
+    from cloud_core.scope import generator_codes
 
     generator_chars = sorted({ch for code in generator_codes().values() for ch in code})
     wyckoff = sorted(
@@ -58,16 +72,14 @@ def vocabulary() -> tuple[str, ...]:
         },
         key=lambda s: (int(s[:-1]), s[-1].lower(), s[-1]),
     )
-    elements = [gemmi.Element(z).name for z in range(1, 119)]
-    amounts = list(dict.fromkeys(format_amount(k / 100) for k in range(101)))
     return (
         *SPECIALS,
         SEPARATOR,
         MIXED,
         *(f"g:{ch}" for ch in generator_chars),
         *wyckoff,
-        *elements,
-        *amounts,
+        *element_tokens(),
+        *amount_tokens(),
     )
 
 
@@ -85,18 +97,13 @@ def generator_id_range() -> tuple[int, int]:
 @cache
 def element_id_range() -> tuple[int, int]:
     """(first id, count) of the 118 element tokens, contiguous in the vocabulary."""
-    import gemmi
-
-    return _contiguous([_token_ids()[gemmi.Element(z).name] for z in range(1, 119)])
+    return _contiguous([_token_ids()[token] for token in element_tokens()])
 
 
 @cache
 def amount_id_range() -> tuple[int, int]:
     """(first id, count) of the amount tokens 0.0 ... 1.0, contiguous (the end of the vocabulary)."""
-    from cloud_core.scope import format_amount
-
-    amounts = dict.fromkeys(format_amount(k / 100) for k in range(101))
-    return _contiguous([_token_ids()[a] for a in amounts])
+    return _contiguous([_token_ids()[token] for token in amount_tokens()])
 
 
 @cache
