@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -502,46 +502,57 @@ class Catalog:
 
     # ------------------------------------------------------------------ appends
 
-    def append(self, run_id: str, rows: pl.DataFrame) -> AppendCounts:
-        """Store one batch of a run: encoded + predicted rows (one per input), in one transaction.
+    def append(self, run_id: str, rows: pl.DataFrame | Iterable[pl.DataFrame]) -> AppendCounts:
+        """Store rows of a run: encoded + predicted rows (one per input), in one transaction.
 
         `rows` holds the encoder's identity columns (candidate_id, canonical_scope, structure_hash), `id`,
         `source`, `formula`, `spacegroup`, `nsites`, `scope` (what the model read), the prediction columns,
         `error`, and optionally `structure` + `structure_format`. Rows without a candidate_id (the input could
         not be read or encoded) go to `failures`; the rest to `candidates` (new ones only) and `predictions`.
+
+        `rows` may also be several frames, taken one at a time into the same transaction: memory then holds one
+        part, while the transaction stays as large as the whole (DuckDB writes each full row group of it
+        straight to the file). Each part's inserts see the parts before it, so a candidate in two parts is
+        stored once.
         """
         gid = self._grid_of(run_id)
+        counts = [0, 0, 0, 0]
+        with self.connect(write=True) as con:
+            for part in [rows] if isinstance(rows, pl.DataFrame) else rows:
+                added = self._insert(con, run_id, gid, part)
+                counts = [a + b for a, b in zip(counts, added, strict=True)]
+        return AppendCounts(*counts)
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, run_id: str, gid: str, rows: pl.DataFrame) -> tuple[int, ...]:
+        """Insert one frame of a run's rows (see append); (candidates, predictions, failures) added, rows skipped."""
         candidates, predictions, failures = batch_tables(run_id, rows)
         thetas = predictions["debye_temperature"].drop_nulls()
         keys = np.unique(theta_keys(thetas.to_numpy()))
-        with self.connect(write=True) as con:
-            con.register("batch_candidates", candidates.to_arrow())
-            con.register("batch_predictions", predictions.to_arrow())
-            con.register("batch_failures", failures.to_arrow())
-            new_candidates = con.execute(
-                f"INSERT INTO candidates BY NAME SELECT b.* EXCLUDE (mask_low, mask_high), {_MASK} AS element_mask, "
-                "now() AS added_at FROM batch_candidates b "
-                "WHERE NOT EXISTS (SELECT 1 FROM candidates c WHERE c.candidate_key = b.candidate_key)"
-            ).fetchall()[0][0]
-            new_predictions = con.execute(
-                f"INSERT INTO predictions BY NAME SELECT b.* EXCLUDE (mask_low, mask_high), {_MASK} AS element_mask "
-                "FROM batch_predictions b WHERE NOT EXISTS "
-                "(SELECT 1 FROM predictions p WHERE p.run_id = ? AND p.candidate_key = b.candidate_key)",
-                [run_id],
-            ).fetchall()[0][0]
-            new_failures = con.execute(
-                "INSERT INTO failures BY NAME SELECT b.* FROM batch_failures b WHERE NOT EXISTS "
-                "(SELECT 1 FROM failures f WHERE f.run_id = ? AND f.source_id = b.source_id "
-                "AND f.source IS NOT DISTINCT FROM b.source)",
-                [run_id],
-            ).fetchall()[0][0]
-            self._add_curves(con, gid, keys)
-        return AppendCounts(
-            candidates_new=new_candidates,
-            predictions_new=new_predictions,
-            failures_new=new_failures,
-            skipped=predictions.height - new_predictions + failures.height - new_failures,
-        )
+        con.register("batch_candidates", candidates.to_arrow())
+        con.register("batch_predictions", predictions.to_arrow())
+        con.register("batch_failures", failures.to_arrow())
+        new_candidates = con.execute(
+            f"INSERT INTO candidates BY NAME SELECT b.* EXCLUDE (mask_low, mask_high), {_MASK} AS element_mask, "
+            "now() AS added_at FROM batch_candidates b "
+            "WHERE NOT EXISTS (SELECT 1 FROM candidates c WHERE c.candidate_key = b.candidate_key)"
+        ).fetchall()[0][0]
+        new_predictions = con.execute(
+            f"INSERT INTO predictions BY NAME SELECT b.* EXCLUDE (mask_low, mask_high), {_MASK} AS element_mask "
+            "FROM batch_predictions b WHERE NOT EXISTS "
+            "(SELECT 1 FROM predictions p WHERE p.run_id = ? AND p.candidate_key = b.candidate_key)",
+            [run_id],
+        ).fetchall()[0][0]
+        new_failures = con.execute(
+            "INSERT INTO failures BY NAME SELECT b.* FROM batch_failures b WHERE NOT EXISTS "
+            "(SELECT 1 FROM failures f WHERE f.run_id = ? AND f.source_id = b.source_id "
+            "AND f.source IS NOT DISTINCT FROM b.source)",
+            [run_id],
+        ).fetchall()[0][0]
+        self._add_curves(con, gid, keys)
+        for name in ("batch_candidates", "batch_predictions", "batch_failures"):
+            con.unregister(name)  # the next part's frames replace these; let this part's memory go now
+        skipped = predictions.height - new_predictions + failures.height - new_failures
+        return new_candidates, new_predictions, new_failures, skipped
 
     def _grid_of(self, run_id: str) -> str:
         if run_id not in self._grids:

@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +40,7 @@ SHARD_FORMAT = "1"  # part of every key: a change to the shards' columns must no
 ABANDONED_RUN_DAYS = 30.0  # a run folder untouched this long belongs to a run nobody resumed
 STALE_TEMPORARY_S = 86400.0  # a temporary file this old was left by a writer that died
 _METADATA_KEY = "cloud_screen"
+PART_ROWS = 16_384  # rows per part of an append read from shards (read_shards)
 
 
 @dataclass(frozen=True)
@@ -152,9 +153,11 @@ def read_info(path: str | Path) -> ShardInfo | None:
         return None
 
 
-def read_shards(paths: Sequence[str | Path]) -> pl.DataFrame:
-    """The rows of several shards, as one frame (for one catalog append)."""
-    frames = []
+def read_shards(paths: Sequence[str | Path], part_rows: int = PART_ROWS) -> Iterator[pl.DataFrame]:
+    """The rows of several shards, in parts of about `part_rows` rows (whole shards each), read as they are
+    consumed: one catalog append (`Catalog.append` takes the parts in one transaction) holds one part in memory,
+    not the rows of all its shards."""
+    frames: list[pl.DataFrame] = []
     for path in paths:
         try:
             frames.append(pl.read_parquet(path))
@@ -163,7 +166,11 @@ def read_shards(paths: Sequence[str | Path]) -> pl.DataFrame:
             raise CatalogError(
                 f"cannot read shard {path}: {reason}; resume the run to score that batch again"
             ) from None
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        if sum(f.height for f in frames) >= part_rows:
+            yield pl.concat(frames, how="diagonal_relaxed")
+            frames = []
+    if frames:
+        yield pl.concat(frames, how="diagonal_relaxed")
 
 
 def _write_atomically(rows: pl.DataFrame, path: Path, metadata: dict[str, str]) -> None:

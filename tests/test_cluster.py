@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from catalogs.catalog import Catalog
+from catalogs.catalog import Catalog, CatalogError
 from catalogs.shards import ShardStore, read_info, read_shards
 from flows.runners import RunnerSpec
 from flows.sources import SourceSpec
@@ -110,6 +110,29 @@ def test_a_shard_written_twice_and_ingested_twice_stores_its_rows_once(tmp_path)
     # an unreadable shard (a power cut before its data reached the disk) is scored again, not ingested
     Path(found.path).write_bytes(b"PAR1 cut short")
     assert store.reuse(Path(found.path), "k0", cache=True) is None
+
+
+def test_an_append_reads_its_shards_in_parts_within_one_transaction(tmp_path):
+    """The writer reads an append's shards a few at a time (memory holds one part) into one transaction: a
+    candidate in two parts is stored once, and a shard that cannot be read leaves nothing of the append."""
+    store = ShardStore(tmp_path / "c.duckdb.shards")
+    rows = synthetic_rows(300)
+    shards = [
+        store.publish(rows.slice(100 * i, 100), store.shard_path("r", i, f"k{i}"), f"k{i}", {}, cache=False).path
+        for i in range(3)
+    ]
+    parts = list(read_shards([*shards, shards[0]], part_rows=150))
+    assert [part.height for part in parts] == [200, 200]  # whole shards, at least 150 rows a part
+    catalog = Catalog(tmp_path / "c.duckdb")
+    run = catalog.start_run(flow="screen", run_id="r")
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 cut short")
+    with pytest.raises(CatalogError, match=r"cannot read shard .*broken\.parquet.*resume the run"):
+        catalog.append(run, read_shards([shards[0], shards[1], broken], part_rows=100))
+    assert catalog.query("SELECT count(*) FROM predictions").item() == 0  # the parts before it were rolled back
+    counts = catalog.append(run, read_shards([*shards, shards[0]], part_rows=150))
+    assert (counts.predictions_new, counts.skipped) == (300, 100)
+    assert catalog.query("SELECT count(*), count(DISTINCT candidate_id) FROM candidates").row(0) == (300, 300)
 
 
 def test_runner_spec_and_a_scheduler_that_does_not_answer():
