@@ -10,6 +10,7 @@ Beside it, in the same run, the reference path's parse + symmetry (pymatgen buil
 JSON text, SpacegroupAnalyzer finds its symmetry) on the first `--reference` candidates, for the ratio.
 
     python bench/bench_screen.py [--sizes 10000,100000,400000] [--reference 2000] [--batch-size 2048] [--append-rows N]
+                                 [--prototypes all]
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ def _pss(process: psutil.Process) -> int:
         return 0
 
 
-def screen_once(exe: str, catalog: Path, count: int, batch_size: int, append_rows: int | None) -> dict[str, object]:
+def screen_once(
+    exe: str, catalog: Path, count: int, batch_size: int, append_rows: int | None, prototypes: str | None
+) -> dict[str, object]:
     """One `cloud-screen screen` run of `count` generated candidates; wall time, memory, the run's timings."""
     command = [exe, "screen", "--catalog", str(catalog), "--count", str(count), "--batch-size", str(batch_size)]
     command += ["--append-rows", str(append_rows)] if append_rows else []
+    command += ["--prototypes", prototypes] if prototypes else []
     command += ["--no-report", "--no-progress", "--top", "20"]
     peaks: dict[str, float] = {}
     stop = threading.Event()
@@ -119,6 +123,9 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=2000, help="candidates for the reference path's rate")
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--append-rows", type=int, default=None, help="rows per catalog append (default: the flow's)")
+    parser.add_argument(
+        "--prototypes", default=None, help="the generator's prototypes (`all` adds the opt-in one: over 438,150)"
+    )
     args = parser.parse_args()
     exe = shutil.which("cloud-screen") or str(Path(sys.executable).parent / "cloud-screen")
     results: dict[str, object] = {"load_average_start": os.getloadavg(), "cores": os.cpu_count()}
@@ -127,7 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             catalog = Path(tmp) / f"screen-{size}.duckdb"
-            runs.append(screen_once(exe, catalog, size, args.batch_size, args.append_rows))
+            runs.append(screen_once(exe, catalog, size, args.batch_size, args.append_rows, args.prototypes))
             print(json.dumps(runs[-1]), flush=True)
     results["runs"] = runs
     if results["reference"]:

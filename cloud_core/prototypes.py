@@ -1,16 +1,18 @@
 """Hypothetical candidates: common structure prototypes x element substitutions, charge-balance filtered.
 
 This is the embedded default source: it needs no network, no key and no data files. Each prototype is given
-by its space group and the Wyckoff representatives of its sites (pymatgen expands them); substituting
+by its space group and the Wyckoff representatives of its sites (spglib's operations expand them); substituting
 elements into the roles gives a candidate. Ionic prototypes keep only substitutions with a neutral
 combination of common oxidation states; intermetallic ones (Heuslers) need none. Roles that symmetry makes
 interchangeable (elpasolite's B and C on 4a and 4b, swapped by an origin shift) are filled in one order only,
 so every candidate is a distinct crystal (checked in tests by canonical SCOPE + structure hash).
 
-438,150 distinct candidates in all (`candidate_space()`), most of them quaternary (elpasolites,
-kesterites, quaternary Heuslers). They come in a seeded random order drawn over the whole space at once (a
-permutation of combination indices, 8 bytes each), so any prefix mixes every prototype and the order never
-materialises the combinations themselves.
+The default selection has 438,150 distinct candidates (`candidate_space()`), most of them quaternary
+(elpasolites, kesterites, quaternary Heuslers). The opt-in quinary double-double perovskites AA'BB'X6 add
+8,071,308 more (`candidate_space(["double-double-perovskite"])`), for runs of millions. Candidates come in a
+seeded pseudo-random order over the whole space of the selection at once (`shuffled_range`: a permutation of
+combination indices computed block by block, in constant memory), so any prefix mixes every prototype in
+proportion to its size and the order never materialises the combinations themselves.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
+
+import numpy as np
 
 from cloud_core.structures import Crystal
 
@@ -36,6 +40,9 @@ class Prototype:
     # element i < element j are made.
     interchangeable: tuple[tuple[int, int], ...] = ()
     pools: tuple[str, ...] = ()  # names of the element pool of each role (see POOLS); empty: by `ionic`
+    # Left out of the default selection: a space this large would make nearly every candidate of a default run
+    # its own (asked for by name, or with `all`).
+    opt_in: bool = False
 
 
 PROTOTYPES: dict[str, Prototype] = {
@@ -117,8 +124,41 @@ PROTOTYPES: dict[str, Prototype] = {
             interchangeable=((0, 1),),
             pools=("heusler-metals", "heusler-metals", "heusler-metals", "heusler-z"),
         ),
+        # AA'BB'X6: the elpasolite cell with its A sites (8c) split into 4c and 4d as well, both sublattices rock-salt
+        # ordered (F-43m). Inversion swaps A and A' only; the shift by (1/2, 1/2, 1/2) swaps both pairs, so
+        # the pairs are interchangeable independently.
+        Prototype(
+            "double-double-perovskite",
+            "F-43m",
+            ("cubic", 4.0, 0),
+            ("A", "A'", "B", "B'", "X"),
+            (
+                (0, (0.25, 0.25, 0.25)),
+                (1, (0.75, 0.75, 0.75)),
+                (2, (0, 0, 0)),
+                (3, (0.5, 0.5, 0.5)),
+                (4, (0.25, 0, 0)),
+            ),
+            interchangeable=((0, 1), (2, 3)),
+            pools=("cations+", "cations+", "cations+", "cations+", "anions"),
+            opt_in=True,
+        ),
     )
 }
+DEFAULT_PROTOTYPES = tuple(name for name, proto in PROTOTYPES.items() if not proto.opt_in)
+
+
+def select_prototypes(names: Sequence[str] | None) -> list[str]:
+    """Prototype names to generate from: the given ones (`all`: every prototype), or DEFAULT_PROTOTYPES."""
+    if not names:
+        return list(DEFAULT_PROTOTYPES)
+    if "all" in names:
+        return list(PROTOTYPES)
+    unknown = [n for n in names if n not in PROTOTYPES]
+    if unknown:
+        raise ValueError(f"unknown prototypes {unknown}; known: {', '.join(PROTOTYPES)} (or all)")
+    return list(dict.fromkeys(names))
+
 
 # Element pools by role: cations, anions for ionic prototypes; metals and main-group elements for Heuslers.
 CATIONS = (
@@ -205,6 +245,8 @@ def _charges(element: str, count: int, sign: int) -> tuple[int, ...]:
     return tuple(q * count for q in _oxidation_states(element) if q * sign > 0)
 
 
+PLACEHOLDERS = ("H", "He", "Li", "Be", "B")  # the element of each role in a prototype's template cell
+
 # Lattice vectors of the primitive cell in conventional fractional coordinates, by centring (the first letter of
 # the Hermann-Mauguin symbol).
 PRIMITIVE_BASIS = {
@@ -222,7 +264,6 @@ def _prototype_cell(name: str) -> tuple[Crystal, tuple[int, ...]]:
     first setting, which is pymatgen's default: origin choice 1 where there are two); the orbit is reduced to the
     primitive cell of the centring. A millisecond per prototype, where pymatgen's from_spacegroup took up to
     half a second (`test_prototype_cells_match_pymatgen` compares the two)."""
-    import numpy as np
     import spglib
 
     proto = PROTOTYPES[name]
@@ -242,7 +283,7 @@ def _prototype_cell(name: str) -> tuple[Crystal, tuple[int, ...]]:
         images = np.unique(np.round(images, 6) % 1.0, axis=0)  # % again: 0.9999996 rounds to 1.0
         frac.extend(images)
         roles.extend([role] * len(images))
-    species = [((("H", "He", "Li", "Be")[r], 1.0),) for r in roles]
+    species = [((PLACEHOLDERS[r], 1.0),) for r in roles]
     return Crystal(basis @ conventional, np.array(frac), species), tuple(roles)
 
 
@@ -275,10 +316,7 @@ def generate_candidates(
     `elements` restricts every role's pool to those elements. Ids read `prototype:El1-El2-...`. With
     `crystals=False` only the ids are made (crystal None), for counting.
     """
-    names = list(prototypes or PROTOTYPES)
-    unknown = [n for n in names if n not in PROTOTYPES]
-    if unknown:
-        raise ValueError(f"unknown prototypes {unknown}; known: {', '.join(PROTOTYPES)}")
+    names = select_prototypes(prototypes)
     spaces = [(PROTOTYPES[name], _role_pools(PROTOTYPES[name], elements)) for name in names]
     produced = 0
     for proto, combo in _distinct_combinations(spaces, seed):
@@ -301,18 +339,15 @@ def _distinct_combinations(
     """(prototype, elements per role) over all prototypes' combination spaces in one seeded random order, without
     repeated elements and with interchangeable roles in one order only.
 
-    The order is a permutation of combination indices; each block of it is decoded (mixed-radix digits per
-    prototype) and filtered in numpy, since ~9 in 10 indices fail these filters."""
-    import numpy as np
-
+    The order is a pseudo-random permutation of combination indices (`shuffled_range`: constant memory, however
+    large the space); each block of it is decoded (mixed-radix digits per prototype) and filtered in numpy,
+    since most indices fail these filters."""
     symbols = sorted({e for _, pools in spaces for pool in pools for e in pool})
     rank = {e: i for i, e in enumerate(symbols)}  # comparing ranks = comparing symbols
     pool_ranks = [[np.array([rank[e] for e in pool], dtype=np.int64) for pool in pools] for _, pools in spaces]
     sizes = [math.prod(len(pool) for pool in pools) for _, pools in spaces]
     starts = np.cumsum([0, *sizes])
-    order = np.random.default_rng(seed).permutation(int(starts[-1]))
-    for first in range(0, len(order), block):
-        indices = order[first : first + block]
+    for indices in shuffled_range(int(starts[-1]), seed, block):
         which = np.searchsorted(starts, indices, side="right") - 1
         combos = np.full((len(indices), max(len(pools) for _, pools in spaces)), -1, dtype=np.int64)
         keep = np.zeros(len(indices), dtype=bool)
@@ -332,3 +367,34 @@ def _distinct_combinations(
         for row in np.flatnonzero(keep):
             proto, pools = spaces[which[row]]
             yield proto, tuple(symbols[k] for k in combos[row, : len(pools)])
+
+
+_FEISTEL_ROUNDS = 4
+
+
+def shuffled_range(n: int, seed: int, block: int = 1 << 16) -> Iterator[np.ndarray]:
+    """Every integer of range(n) once, in a seeded pseudo-random order, as int64 blocks of at most `block`.
+
+    A Feistel network on 2h-bit integers (2^2h >= n) is a bijection whatever its round function; counting through
+    its domain and keeping the images below n visits range(n) in a scrambled order (at most 4 counters per
+    index). Memory is one block, where a permutation array would take 8 bytes per index (1.6 GB for the
+    double-double perovskites' 201 million)."""
+    half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    keys = np.random.default_rng(seed).integers(0, 2**63, _FEISTEL_ROUNDS, dtype=np.uint64)
+    for first in range(0, 1 << (2 * half), block):
+        counter = np.arange(first, min(first + block, 1 << (2 * half)), dtype=np.uint64)
+        left, right = counter >> np.uint64(half), counter & mask
+        for key in keys:
+            left, right = right, left ^ (_mix(right ^ key) & mask)
+        image = ((left << np.uint64(half)) | right).astype(np.int64)
+        image = image[image < n]
+        if len(image):
+            yield image
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """A 64-bit integer hash (splitmix64's finaliser), elementwise, wrapping like the C original."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))

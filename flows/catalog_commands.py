@@ -189,6 +189,13 @@ def screen(
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr (when it is a terminal).")] = True,
     seed: Annotated[int | None, typer.Option(help="demo: seed for the order of substitutions (default 0).")] = None,
+    prototypes: Annotated[
+        str | None,
+        typer.Option(
+            help="demo: comma-separated prototype names, or all (default: every prototype but the opt-in "
+            "double-double-perovskite, whose ~millions of candidates would fill any run)."
+        ),
+    ] = None,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -225,9 +232,10 @@ def screen(
 
     from catalogs.catalog import Catalog, CatalogError
     from catalogs.ranking import RankingSpec, SpecError
+    from cloud_core.prototypes import select_prototypes
     from flows.materials_project import MPSourceError
     from flows.runners import RunnerError, RunnerSpec, check_scheduler
-    from flows.sources import parse_source, shortfall
+    from flows.sources import SourceSpec, parse_source, shortfall
 
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}")
@@ -246,12 +254,13 @@ def screen(
     temperatures = {}
     try:  # everything that can be checked before the flow starts is, so the error is one line
         spec = parse_source(source, count)
-        if seed is not None and spec.kind == "demo":
-            spec = spec.model_copy(update={"seed": seed})
+        if spec.kind == "demo" and (seed is not None or prototypes):
+            names = [name.strip() for name in (prototypes or "").split(",") if name.strip()]
+            select_prototypes(names)  # an unknown name: one line that lists the known ones
+            spec = SourceSpec(**{**spec.model_dump(), "seed": spec.seed if seed is None else seed, "prototypes": names})
         stored_ranking = None
         if resume:  # the run's own parameters, as the flow stored them
             from flows.screen import TemperatureGrid
-            from flows.sources import SourceSpec
 
             stored = Catalog(catalog, lock_timeout=wait).run(resume)["parameters"] or {}
             spec = SourceSpec(**stored["source"])

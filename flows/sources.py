@@ -25,7 +25,9 @@ class SourceSpec(BaseModel):
     count: int = Field(1200, ge=1, le=10_000_000, description="demo: how many candidates to generate.")
     seed: int = Field(0, description="demo: seed for the order of element substitutions.")
     prototypes: list[str] = Field(
-        default_factory=list, description="demo: prototypes to use (empty: all; see cloud_core.prototypes)."
+        default_factory=list,
+        description="demo: prototypes to use (empty: all but the opt-in double-double-perovskite; 'all': every "
+        "one; see cloud_core.prototypes).",
     )
     elements: list[str] = Field(default_factory=list, description="demo: element pool (empty: the built-in pools).")
     paths: list[str] = Field(
@@ -42,11 +44,9 @@ class SourceSpec(BaseModel):
         if self.kind == "mp" and not self.mp_query:
             raise ValueError("kind 'mp' needs an mp_query")
         if self.prototypes:
-            from cloud_core.prototypes import PROTOTYPES
+            from cloud_core.prototypes import select_prototypes
 
-            unknown = [p for p in self.prototypes if p not in PROTOTYPES]
-            if unknown:
-                raise ValueError(f"unknown prototypes {unknown}; known: {', '.join(PROTOTYPES)}")
+            select_prototypes(self.prototypes)  # an unknown name is a ValueError, so a validation error
         return self
 
     def label(self) -> str:
@@ -90,9 +90,13 @@ def shortfall(spec: SourceSpec, produced: int) -> str | None:
     """Why a demo source gave fewer candidates than its count (the generator ran out of distinct ones), or None."""
     if spec.kind != "demo" or produced >= spec.count:
         return None
+    from cloud_core.prototypes import PROTOTYPES
+
+    opt_in = [name for name, proto in PROTOTYPES.items() if proto.opt_in]
     return (
         f"the generator has {produced:,} distinct candidates for these prototypes and elements, fewer than the "
         f"{spec.count:,} asked for: all of them were screened"
+        + (f" (add the opt-in {', '.join(opt_in)} with `--prototypes all`)" if not spec.prototypes else "")
     )
 
 

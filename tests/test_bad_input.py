@@ -516,3 +516,15 @@ def test_screen_with_a_missing_source_fails_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["screen", "--catalog", str(catalog), "--source", str(missing)])
     assert result.exit_code == 1 and f"input not found: {missing}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not catalog.exists()
+
+
+def test_screen_with_an_unknown_prototype_fails_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    catalog = tmp_path / "c.duckdb"
+    result = CliRunner().invoke(app, ["screen", "--catalog", str(catalog), "--prototypes", "rocksalt,garnet"])
+    assert result.exit_code == 1 and "unknown prototypes ['garnet']; known: rocksalt, cscl" in result.stderr
+    assert "double-double-perovskite (or all)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not catalog.exists()

@@ -441,15 +441,22 @@ def test_serve_without_a_reachable_server_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_screen_with_an_unreachable_server_runs_in_process(tmp_path):
-    """PREFECT_API_URL names a server that is down: one warning line, and the run goes on in-process."""
+    """PREFECT_API_URL names a server that is down: one warning line, and the run goes on in-process (its
+    candidates from the two prototypes asked for, one of them the opt-in one)."""
     env = {**os.environ, "PREFECT_API_URL": DEAD_SERVER, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
     catalog = tmp_path / "c.duckdb"
-    result = cli("screen", "--catalog", str(catalog), "--count", "40", "--no-report", "--top", "3", env=env)
+    args = ["--count", "40", "--prototypes", "double-double-perovskite,rocksalt", "--no-report", "--top", "3"]
+    result = cli("screen", "--catalog", str(catalog), *args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     warning = [line for line in result.stderr.splitlines() if "warning" in line]
     assert len(warning) == 1 and f"no Prefect server answers at {DEAD_SERVER}" in warning[0]
     assert "in-process" in warning[0] and "40 candidates: " in result.stderr
     assert Catalog(catalog).query("SELECT status FROM runs").item() == "completed"
+    prototypes = Catalog(catalog).query("SELECT DISTINCT split_part(source_id, ':', 1) AS p FROM candidates ORDER BY p")
+    assert "double-double-perovskite" in prototypes["p"] and set(prototypes["p"]) <= {
+        "double-double-perovskite",
+        "rocksalt",
+    }
 
 
 # ------------------------------------------------------------------------------------------------ the model

@@ -114,14 +114,14 @@ def test_prototype_cells_match_pymatgen(name):
     import numpy as np
     from pymatgen.core import Lattice, Structure
 
-    from cloud_core.prototypes import _prototype_cell
+    from cloud_core.prototypes import PLACEHOLDERS, _prototype_cell
     from cloud_core.structures import crystal_from_pymatgen
 
     proto = PROTOTYPES[name]
     ours, roles = _prototype_cell(name)
     family, a, c = proto.lattice
     lattice = {"cubic": Lattice.cubic, "hexagonal": Lattice.hexagonal, "tetragonal": Lattice.tetragonal}[family]
-    placeholders = [("H", "He", "Li", "Be")[role] for role, _ in proto.sites]
+    placeholders = [PLACEHOLDERS[role] for role, _ in proto.sites]
     cell = lattice(a) if family == "cubic" else lattice(a, c * a)
     positions = [x for _, x in proto.sites]
     reference = Structure.from_spacegroup(proto.spacegroup, cell, placeholders, positions).get_primitive_structure()
@@ -142,4 +142,36 @@ def test_a_demo_source_that_runs_out_of_candidates_says_how_many_it_has():
         "for: all of them were screened"
     )
     assert shortfall(spec.model_copy(update={"count": 6}), produced) is None
+    assert shortfall(SourceSpec(kind="demo", count=10**6), 438_150).endswith(
+        "all of them were screened (add the opt-in double-double-perovskite with `--prototypes all`)"
+    )  # the default selection leaves it out
     assert shortfall(SourceSpec(kind="files", paths=["x.cif"]), 0) is None
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 65_537, 262_145])
+def test_the_shuffled_order_visits_every_index_once(n):
+    import numpy as np
+
+    from cloud_core.prototypes import shuffled_range
+
+    order = np.concatenate(list(shuffled_range(n, seed=3, block=4096)))
+    assert np.array_equal(np.sort(order), np.arange(n))
+    if n >= 1000:
+        assert not np.array_equal(order, np.arange(n))
+        assert abs(np.corrcoef(order, np.arange(n))[0, 1]) < 0.1  # scrambled, not a shifted or strided count
+
+
+def test_the_opt_in_prototype_is_asked_for_by_name_or_with_all():
+    from cloud_core.prototypes import DEFAULT_PROTOTYPES, select_prototypes
+
+    assert "double-double-perovskite" not in DEFAULT_PROTOTYPES and select_prototypes([]) == list(DEFAULT_PROTOTYPES)
+    assert select_prototypes(["all"]) == list(PROTOTYPES)
+    names = {i.split(":")[0] for i, _ in generate_candidates(["all"], max_count=2000, crystals=False)}
+    assert "double-double-perovskite" in names and len(names) >= 4
+    (ident, crystal), *_ = generate_candidates(["double-double-perovskite"], max_count=1, seed=4)
+    a, a2, b, b2, x = ident.split(":")[1].split("-")
+    assert a < a2 and b < b2  # each interchangeable pair in one order
+    assert charge_balanced([a, a2, b, b2, x], [1, 1, 1, 1, 6]) and crystal.nsites == 10
+    assert encode_structures([crystal], settings=IDENTIFY)["spacegroup"].item() == 216  # F-43m
+    with pytest.raises(ValueError, match=r"unknown prototypes \['garnet'\]; known: .* \(or all\)"):
+        select_prototypes(["garnet"])
