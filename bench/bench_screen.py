@@ -98,7 +98,7 @@ def screen_once(
     }
 
 
-def reference_rate(count: int) -> dict[str, float]:
+def reference_rate(count: int, prototypes: str | None) -> dict[str, float]:
     """Structures/s of pymatgen (structure from the generator's JSON) + SpacegroupAnalyzer on `count` candidates."""
     import warnings
 
@@ -109,7 +109,8 @@ def reference_rate(count: int) -> dict[str, float]:
     from cloud_core.structures import crystal_to_json
 
     warnings.filterwarnings("ignore")
-    texts = [crystal_to_json(crystal) for _, crystal in generate_candidates(max_count=count, seed=0)]
+    names = prototypes.split(",") if prototypes else None
+    texts = [crystal_to_json(crystal) for _, crystal in generate_candidates(names, max_count=count, seed=0)]
     started = time.perf_counter()
     for text in texts:
         SpacegroupAnalyzer(Structure.from_str(text, fmt="json")).get_symmetry_dataset()
@@ -129,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     exe = shutil.which("cloud-screen") or str(Path(sys.executable).parent / "cloud-screen")
     results: dict[str, object] = {"load_average_start": os.getloadavg(), "cores": os.cpu_count()}
-    results["reference"] = reference_rate(args.reference) if args.reference else None
+    results["reference"] = reference_rate(args.reference, args.prototypes) if args.reference else None
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
