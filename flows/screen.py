@@ -53,9 +53,9 @@ from flows.sources import SourceSpec, iter_batches, shortfall
 # Rows per catalog append: one DuckDB row group. A transaction of at least one row group is written straight to
 # the database file instead of through the write-ahead log (and again at the checkpoint): appends reach ~200 k
 # rows/s with two row groups, 110 k rows/s with 100 k rows, far less with one task batch of 2,048 (bench/README.md,
-# catalog appends). The flow's peak memory grows with the rows of one append (DuckDB holds a transaction's rows
-# until it commits), so one row group, not two: a 400,000-candidate run peaks at 1,685 MB, under the 1,826 MB a
-# 200,000 run reached with two (bench/README.md, end to end; it still grows ~1.2 MB per 1,000 candidates).
+# catalog appends). The shards are read into the transaction ~16,000 rows at a time (catalogs.shards.read_shards),
+# but DuckDB holds the row group it is filling until it is full, so one row group, not two: over 10 million rows
+# the writer's peak stays at 1.1 GB (bench/README.md, `bench/bench_writer.py`).
 APPEND_ROWS = 122_880
 SHARD_CACHE_DAYS = 30.0  # what Prefect's task cache kept scored batches for before shards replaced it
 
