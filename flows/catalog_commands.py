@@ -193,7 +193,7 @@ def screen(
         str | None,
         typer.Option(
             help="demo: comma-separated prototype names, or all (default: every prototype but the opt-in "
-            "double-double-perovskite, whose ~millions of candidates would fill any run)."
+            "double-double-perovskite, whose 8 million candidates would fill any run)."
         ),
     ] = None,
     resume: Annotated[

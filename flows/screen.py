@@ -277,8 +277,8 @@ def release_free_memory() -> None:
 
     An append, the Debye curves of new θ_D keys and every batch's inference allocate and free hundreds of MB in
     blocks of a few MB; glibc then raises its mmap threshold and serves such blocks from the heap, which it
-    seldom shrinks, so the flow's resident memory crept up run after run of appends (bench/README.md). Trimming
-    after each append keeps it flat: a few milliseconds per 122,880 rows."""
+    seldom shrinks, so the flow's resident memory crept up append after append (bench/README.md, the writer at
+    10 M rows). Trimming after each append keeps it level, for a few milliseconds per 122,880 rows."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim(0)
