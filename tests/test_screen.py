@@ -136,7 +136,9 @@ def test_the_writer_hands_freed_heap_memory_back_to_the_system():
     """What the flow's writer calls after each append: freed blocks of a few MB that glibc keeps in its heap (as
     it does once its mmap threshold has risen past them, the pattern of appends and inference) leave the RSS."""
     script = """
-import ctypes, psutil
+import ctypes
+def rss_mb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 1024
 from flows.screen import release_free_memory
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
@@ -146,9 +148,9 @@ for block in blocks:
     ctypes.memset(block, 1, 4 << 20)
 for block in blocks[:-1]:  # the topmost stays in use, so the heap cannot simply shrink from its end
     libc.free(block)
-before = psutil.Process().memory_info().rss
+before = rss_mb()
 release_free_memory()
-print((before - psutil.Process().memory_info().rss) / 2**20)
+print(before - rss_mb())
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
