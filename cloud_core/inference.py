@@ -31,7 +31,7 @@ CV_REPORT_TEMPERATURE = 300.0  # K: `cv_300K`, the heat capacity every predictio
 # is below MIN_BATCH_TOKENS padded tokens (where per-batch overhead matters more than padding). Measured on the
 # 2-core CPU (bench/bench_inference.py); the CUDA value keeps the common strings in one large batch and is a
 # guess until measured on a GPU.
-PADDING_SLACK = 0.25
+PADDING_SLACK = 0.1
 MIN_BATCH_TOKENS = {"cpu": 2048, "cuda": 32768}
 
 log = logging.getLogger(__name__)

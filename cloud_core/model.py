@@ -69,14 +69,23 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """Attention of every position (B, L, D), or with `queries` of only the first `queries` positions
+        (B, queries, D), over all keys."""
         B, L, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)  # 3 × (B, L, D)
-        q, k, v = (t.view(B, L, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D/H)
+        if queries is None:
+            q, k, v = self.qkv(x).split(D, dim=2)  # 3 × (B, L, D)
+        else:  # keys and values of every position, queries of the first few only
+            weight, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :queries], weight[:D], bias[:D])  # (B, Q, D)
+            k, v = F.linear(x, weight[D:], bias[D:]).split(D, dim=2)  # 2 × (B, L, D)
+        Q = q.shape[1]
+        q = q.view(B, Q, self.n_head, D // self.n_head).transpose(1, 2)  # (B, H, Q, D/H)
+        k, v = (t.view(B, L, self.n_head, D // self.n_head).transpose(1, 2) for t in (k, v))  # (B, H, L, D/H)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, L, D/H)
-        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+        )  # (B, H, Q, D/H)
+        return self.proj(y.transpose(1, 2).reshape(B, Q, D))
 
 
 class Block(nn.Module):
@@ -92,8 +101,10 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), attn_mask))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D); with `queries`, only the first `queries` positions come out (B, queries, D)."""
+        attended = self.attn(self.ln1(x), attn_mask, queries)
+        x = x + self.drop(attended) if queries is None else x[:, :queries] + self.drop(attended)
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -139,49 +150,66 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model)
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden states (B, W, D) and, per output slot, its input position (B, W) (-1: pooled generator, padding)."""
-        L = batch.ids.shape[1]
-        x = self.tokens(batch.ids)  # (B, L, D)
-        if not self.config.pool_pairs:
-            x = x + self.positions.weight[:L]  # positions of tokens (with pool_pairs: of slots, below)
-        x = x + self.segments(batch.segments)
-        if self.amount is not None:
-            x = x + batch.values.unsqueeze(-1).to(x.dtype) * self.amount  # (B, L, D)
-        if self.element_projection is not None:
-            x = x + self.element_projection(self.element_table[batch.ids])  # (B, L, F) -> (B, L, D)
-        mask = batch.mask
-        source = torch.where(mask, torch.arange(L, device=x.device), -1)  # (B, L)
+    def forward(self, batch: Batch, cls_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states (B, W, D) and, per output slot, its input position (B, W) (-1: pooled generator, padding).
+
+        `cls_only`: the last block computes the [CLS] slot alone (B, 1, D), all that the property heads read;
+        its keys and values still come from every slot, so the [CLS] vector is the same as in a full pass."""
         if self.generator_code is not None or self.config.pool_pairs:
-            x, mask, source = self._pool(batch, x)
-        if self.config.pool_pairs:
-            x = x + self.positions.weight[: x.shape[1]]
+            x, mask, source = self._pooled_slots(batch)
+        else:
+            L = batch.ids.shape[1]
+            x = self._token_vectors(batch.ids, batch.segments, batch.values) + self.positions.weight[:L]  # (B, L, D)
+            mask = batch.mask
+            source = torch.where(mask, torch.arange(L, device=x.device), -1)  # (B, L)
         x = self.drop(x)
         # Padding keys are left out through a boolean mask (True = attend); (B, 1, 1, W) broadcasts.
         attn_mask = mask[:, None, None, :]
-        for block in self.blocks:
-            x = block(x, attn_mask)
-        return self.ln_f(x), source
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, queries=1 if cls_only and i == last else None)
+        return self.ln_f(x), source[:, : x.shape[1]]
 
-    def _pool(self, batch: Batch, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token embeddings (B, L, D) summed into slots (B, W, D), the slots' mask (B, W) and, per slot, the
-        position of its first token (B, W) (-1: the pooled generator code, padding). See `slot_layout`."""
-        B, L, D = x.shape
+    def _token_vectors(self, ids: torch.Tensor, segments: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Input vectors (..., D) of tokens (...): token + segment (+ amount × value) (+ element descriptors)."""
+        x = self.tokens(ids) + self.segments(segments)
+        if self.amount is not None:
+            x = x + values.unsqueeze(-1).to(x.dtype) * self.amount
+        if self.element_projection is not None:
+            x = x + self.element_projection(self.element_table[ids])  # (..., F) -> (..., D)
+        return x
+
+    def _pooled_slots(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token vectors summed into slots (B, W, D), the slots' mask (B, W) and, per slot, the position of its
+        first token (B, W) (-1: the pooled generator code, padding). See `slot_layout`.
+
+        Only real tokens are embedded (N of them, gathered from the padded (B, L) batch): the padding of a
+        batch, bucketed by slots rather than tokens, would otherwise cost as much as the tokens themselves."""
+        ids, segments = batch.ids, batch.segments
+        B, L = ids.shape
+        D = self.config.d_model
         slot, is_gen, n_slots = slot_layout(batch, self.config)  # (B, L), (B, L), (B,)
         W = int(n_slots.max())
         others = batch.mask & ~is_gen
-        index = torch.where(others, slot, 0)  # generator characters and padding add zeros to slot 0
-        pooled = x.new_zeros(B, W, D).scatter_add_(1, index.unsqueeze(-1).expand(B, L, D), x * others.unsqueeze(-1))
+        row, col = others.nonzero(as_tuple=True)  # (N,) each
+        vectors = self._token_vectors(ids[row, col], segments[row, col], batch.values[row, col])  # (N, D)
+        if not self.config.pool_pairs:
+            vectors = vectors + self.positions.weight[col]  # positions of tokens (with pool_pairs: of slots)
+        pooled = vectors.new_zeros(B * W, D).index_add(0, row * W + slot[row, col], vectors).view(B, W, D)
         if self.generator_code is not None:  # slot 1, right after [CLS]
-            char = (batch.ids - self.generator_first).clamp(0, self.n_generator_chars - 1)
-            place = (is_gen.cumsum(1) - 1).clamp(0, GENERATOR_MAX_LENGTH - 1)  # position within the code
-            code = self.generator_code(place * self.n_generator_chars + char)  # (B, L, D)
-            pooled[:, 1] = (code * is_gen.unsqueeze(-1)).sum(1) + self.segments.weight[0]
-        mask = torch.arange(W, device=x.device) < n_slots.unsqueeze(1)  # (B, W)
+            place = (is_gen.cumsum(1) - 1).clamp(0, GENERATOR_MAX_LENGTH - 1)  # position within the code (B, L)
+            g_row, g_col = is_gen.nonzero(as_tuple=True)  # (G,) each
+            char = (ids[g_row, g_col] - self.generator_first).clamp(0, self.n_generator_chars - 1)
+            code = self.generator_code(place[g_row, g_col] * self.n_generator_chars + char)  # (G, D)
+            generator = code.new_zeros(B, D).index_add(0, g_row, code) + self.segments.weight[0]  # (B, D)
+            pooled = torch.cat([pooled[:, :1], generator.unsqueeze(1).to(pooled.dtype), pooled[:, 2:]], 1)
+        if self.config.pool_pairs:
+            pooled = pooled + self.positions.weight[:W]
+        mask = torch.arange(W, device=ids.device) < n_slots.unsqueeze(1)  # (B, W)
         # A slot's source is its first token: the one that does not join the slot before it.
         first = others & (slot != torch.cat([slot.new_full((B, 1), -2), slot[:, :-1]], 1))
-        source = x.new_full((B, W + 1), -1, dtype=torch.long)
-        source.scatter_(1, torch.where(first, slot, W), torch.arange(L, device=x.device).expand(B, L))
+        source = slot.new_full((B, W + 1), -1)
+        source.scatter_(1, torch.where(first, slot, W), torch.arange(L, device=ids.device).expand(B, L))
         return pooled, mask, source[:, :W]
 
 
@@ -252,7 +280,7 @@ class CloudModel(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
 
     def pooled(self, batch: Batch) -> torch.Tensor:
-        return self.encoder(batch)[0][:, 0]  # (B, D), the [CLS] position
+        return self.encoder(batch, cls_only=True)[0][:, 0]  # (B, D), the [CLS] position
 
     def mlm_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, W, V) and the input position of each slot (B, W), -1 for the pooled generator."""

@@ -113,6 +113,52 @@ def test_padding_and_batch_company_do_not_change_outputs(model_name, request, pr
 MIXED_SITE = "1 4 b O O O c O O O d O O O e O O O 0 | 1a:Ba+Sr 3d:O | Ba 0.1 Sr 0.1 O 0.6"
 
 
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"pool_pairs": True}, {"pool_pairs": True, "element_features": 4}, {"pool_generators": False}],
+    ids=["generator", "pairs", "pairs+elements", "tokens"],
+)
+def test_slots_are_their_tokens_summed_and_cls_alone_matches_a_full_pass(config, prototype_scopes):
+    """The encoder embeds only real tokens and sums them into slots; checked here against a token-by-token
+    sum written out in Python. And the [CLS] vector the heads read (last block for [CLS] alone) equals the
+    [CLS] position of a full pass."""
+    model = spread_model(**config)
+    encoder = model.encoder
+    if config.get("element_features"):
+        torch.nn.init.normal_(encoder.element_table, std=1.0)
+    scopes = [MIXED_SITE, *prototype_scopes["detailed"][:5], AL2O3]
+    batch = tokenize(scopes)
+    hidden, _ = encoder(batch)
+    slot, is_gen, n_slots = slot_layout(batch, model.config)
+    pooling = model.config.pool_generators or model.config.pool_pairs  # else no slots: the [CLS] check only
+    pooled, mask, _ = encoder._pooled_slots(batch) if pooling else (None, None, None)
+    first, count = encoder.generator_first, encoder.n_generator_chars
+    for b in range(len(scopes)):
+        expected = torch.zeros(int(n_slots[b]), model.config.d_model)
+        place = 0
+        for j in range(int(batch.mask[b].sum())):
+            token = batch.ids[b, j : j + 1], batch.segments[b, j : j + 1], batch.values[b, j : j + 1]
+            if is_gen[b, j]:
+                code = encoder.generator_code(torch.tensor([place * count + int(token[0]) - first]))[0]
+                expected[1] += code
+                place += 1
+                continue
+            vector = encoder._token_vectors(*token)[0]
+            if not model.config.pool_pairs:
+                vector = vector + encoder.positions.weight[j]
+            expected[int(slot[b, j])] += vector
+        if encoder.generator_code is not None:
+            expected[1] += encoder.segments.weight[0]
+        if model.config.pool_pairs:
+            expected += encoder.positions.weight[: len(expected)]
+        if pooling:
+            assert torch.allclose(pooled[b, : len(expected)], expected, atol=1e-5)
+            assert mask[b].sum() == len(expected)
+    assert torch.allclose(model.pooled(batch), hidden[:, 0], atol=1e-5)
+    assert not torch.allclose(hidden[:, 0], hidden[:, 1], atol=1e-3)  # the comparison can fail
+
+
 def test_pair_pooling_gives_one_slot_per_orbit_and_per_element(pair_model, small_model):
     batch = tokenize([MIXED_SITE, AL2O3])
     tokens = decode(batch.ids[0].tolist())
