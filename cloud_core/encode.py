@@ -16,6 +16,7 @@ import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.pool import AsyncResult
 from typing import Any
 
@@ -261,8 +262,9 @@ def encode_stream(
     """Encode a stream of raw inputs, yielding one frame per chunk in input order.
 
     With `pool` (see `encoder_pool`), or with workers > 1 (a pool of its own), the chunks go to worker
-    processes, at most 2 x workers in flight, so the reader never runs ahead of the encoders by more than
-    that (bounded memory for any input size). Otherwise this process encodes them one by one.
+    processes. Before a frame is handed over, the workers are topped up to 2 x workers unfinished chunks, so
+    they go on encoding however long the consumer takes with it; and at most 4 x workers chunks are read
+    ahead of the consumer (bounded memory for any input size). Otherwise this process encodes them one by one.
 
     `help_while_waiting`: when the next frame is not ready and this returns True, this process encodes the
     next chunk itself instead of waiting (at most 4 x workers chunks pending in all), so a consumer that is
@@ -281,30 +283,33 @@ def encode_stream(
         if own_pool:
             pool = stack.enter_context(encoder_pool(workers))
         pending: deque = deque()  # (chunk size, AsyncResult or a frame encoded here), in input order
-        most = 4 * max(1, workers)
-
-        def finished(keep: int) -> Iterator[pl.DataFrame]:
-            while len(pending) > keep:
-                n, result = pending[0]
-                waiting = isinstance(result, AsyncResult) and not result.ready()
-                if waiting and len(pending) < most and help_while_waiting and help_while_waiting():
-                    chunk = next(chunks, None)
-                    if chunk is not None:
-                        pending.append((len(chunk), encode_chunk(chunk, settings)))
-                        continue
-                pending.popleft()
-                frame = result.get() if isinstance(result, AsyncResult) else result
-                if on_chunk:
-                    on_chunk(n)
-                yield frame
-
-        for chunk in chunks:
-            pending.append((len(chunk), pool.apply_async(encode_chunk, (chunk, settings))))
-            yield from finished(keep=2 * max(1, workers) - 1)
-        yield from finished(keep=0)
+        most, in_pool = 4 * max(1, workers), 2 * max(1, workers)
+        next_chunk = partial(next, chunks, None)
+        chunk = next_chunk()
+        while pending or chunk is not None:
+            # Top the workers up before handing a frame over: the consumer may take a while with it.
+            while chunk is not None and len(pending) < most and _unfinished(pending) < in_pool:
+                pending.append((len(chunk), pool.apply_async(encode_chunk, (chunk, settings))))
+                chunk = next_chunk()
+            n, result = pending[0]
+            waiting = isinstance(result, AsyncResult) and not result.ready()
+            if waiting and chunk is not None and len(pending) < most and help_while_waiting and help_while_waiting():
+                pending.append((len(chunk), encode_chunk(chunk, settings)))
+                chunk = next_chunk()
+                continue
+            pending.popleft()
+            frame = result.get() if isinstance(result, AsyncResult) else result
+            if on_chunk:
+                on_chunk(n)
+            yield frame
         if own_pool:  # done: the workers exit on their own, no signal needed
             pool.close()
             pool.join()
+
+
+def _unfinished(pending: deque) -> int:
+    """Chunks of `pending` that the workers have not finished yet."""
+    return sum(1 for _, result in pending if isinstance(result, AsyncResult) and not result.ready())
 
 
 _WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT)

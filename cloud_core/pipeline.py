@@ -93,11 +93,15 @@ def predict_files(
         disable=not progress,
     )
     task = bar.add_task("predict", total=None)
+    raws = iter_raw_inputs(paths)
+    # The workers' first chunks are read before torch's import starts: the import holds the interpreter lock
+    # for long stretches, and reading the files beside it took ~0.4 s instead of ~0.03 s.
+    first = list(itertools.islice(raws, 2 * workers * chunk_size))
     with bar, encoder_pool(workers) as pool, ThreadPoolExecutor(1, thread_name_prefix="model-loader") as loader:
         loading = loader.submit(load_for_inference, model, device, workers)  # torch imports while workers encode
         # Once the model is loaded, this process encodes too whenever the workers have no chunk ready for it.
         frames = encode_stream(
-            iter_raw_inputs(paths),
+            itertools.chain(first, raws),
             settings,
             workers,
             chunk_size,

@@ -146,7 +146,33 @@ def test_the_consumer_encodes_while_the_workers_are_slow(monkeypatch):
         with encode.encoder_pool(1) as pool:
             frames = list(encode.encode_stream(raws, settings, 1, 4, pool=pool, help_while_waiting=lambda h=helping: h))
         assert pl.concat(frames).equals(expected)
-        if helping:  # of 10 chunks, while the one worker sleeps through each of its own
-            assert len(_ENCODED_IN_PARENT) >= 5
+        if helping:  # of 10 chunks, while the one worker (2 queued at a time) sleeps through each of its own
+            assert len(_ENCODED_IN_PARENT) >= 3
         else:
             assert _ENCODED_IN_PARENT == []
+
+
+def test_the_workers_are_topped_up_before_a_frame_is_handed_over():
+    """encode_stream keeps 2 chunks per worker queued while the consumer holds a frame: the reader has taken
+    the yielded chunk plus two more before the consumer gets it (so one slow consumer step never leaves a
+    worker idle), and never more than 4 chunks per worker ahead of the consumer."""
+    import cloud_core.encode as encode
+    from cloud_core.prototypes import generate_candidates
+    from cloud_core.structures import RawInput, crystal_to_json
+
+    raws = [RawInput(i, "demo", "json", crystal_to_json(c)) for i, c in generate_candidates(max_count=40, seed=5)]
+    taken = 0
+
+    def reader():
+        nonlocal taken
+        for raw in raws:
+            taken += 1
+            yield raw
+
+    ahead = []
+    with encode.encoder_pool(1) as pool:
+        for frames, frame in enumerate(encode.encode_stream(reader(), encode.EncodeSettings(), 1, 4, pool=pool), 1):
+            assert frame.height == 4
+            ahead.append(taken // 4 - frames)  # chunks read but not yet handed over
+    assert ahead[0] >= 2  # the frame's chunk was followed by 2 more before it was handed over
+    assert max(ahead) <= 4 and ahead[-1] == 0
