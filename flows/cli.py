@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from flows.console import fail, progress_bar
+from flows.console import exit_without_teardown_if_allowed, fail, nothing_left_to_tear_down, progress_bar
 
 app = typer.Typer(
     add_completion=False,
@@ -102,6 +102,7 @@ def encode(
         f"encoded {writer.rows - errors} of {writer.rows} structures ({errors} errors) in {elapsed:.2f} s -> {out}",
         err=True,
     )
+    nothing_left_to_tear_down()
 
 
 @app.command()
@@ -168,5 +169,16 @@ def _register_commands() -> None:
 
 _register_commands()
 
+
+def run() -> None:
+    """The console script: the app, then, after a command that says nothing is left to tear down, an immediate
+    exit (see flows.console.nothing_left_to_tear_down). In-process callers (tests) use `app` and never exit."""
+    try:
+        app()
+    except SystemExit as done:
+        exit_without_teardown_if_allowed(done.code)
+        raise
+
+
 if __name__ == "__main__":
-    app()
+    run()

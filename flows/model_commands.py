@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from flows.console import fail
+from flows.console import fail, nothing_left_to_tear_down
 
 
 def predict(
@@ -50,6 +50,7 @@ def predict(
         f"{counts['rows']} structures, {counts['predicted']} predicted, {counts['errors']} with errors -> {out}",
         err=True,
     )
+    nothing_left_to_tear_down()
 
 
 def train(

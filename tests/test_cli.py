@@ -184,3 +184,33 @@ def test_predict_refuses_in_one_line(input_dir, tmp_path, tiny_bundle):
         result = cloud_screen(*args, check=False)
         assert result.returncode == 1 and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+TEARDOWN_PROBE = """
+import atexit, sys
+atexit.register(print, "TEARDOWN RAN", flush=True)
+from flows.cli import run
+sys.argv = ["cloud-screen", *sys.argv[1:]]
+run()
+"""
+
+
+@pytest.mark.parametrize("command", ["encode", "predict"])
+def test_successful_encode_and_predict_skip_the_teardown_and_lose_nothing(input_dir, tmp_path, tiny_bundle, command):
+    """The console script ends a successful `encode` / `predict` with os._exit (no interpreter teardown: an
+    atexit handler does not run), after the output file is complete and the summary line written; a failing
+    command exits 1 through the normal teardown."""
+    out = tmp_path / f"{command}.parquet"
+    extra = ["--model", str(tiny_bundle), "--device", "cpu"] if command == "predict" else []
+    args = [sys.executable, "-c", TEARDOWN_PROBE, command, str(input_dir), "--out", str(out), "--workers", "1", *extra]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "TEARDOWN RAN" not in done.stdout
+    assert pl.read_parquet(out).height == 10 and "10 structures" in done.stderr  # every input, and the summary
+    failed = subprocess.run(
+        [*args[:3], command, str(input_dir), "--out", str(tmp_path / "x.xlsx"), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode == 1 and "TEARDOWN RAN" in failed.stdout
