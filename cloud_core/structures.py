@@ -8,6 +8,7 @@ readers yield `Record`s that carry either a `Crystal` or the reason it could not
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -748,20 +749,39 @@ def _too_large(size: int, limit: int, what: str = "file") -> str:
 
 def _read_limited(path: Path, limit: int) -> tuple[bytes | None, str | None]:
     """The bytes of a regular file of at most `limit` bytes, or the reason there are none. A larger file is
-    refused from its size, without reading it."""
+    refused from its size, without reading it.
+
+    One open and an fstat of the descriptor (a third of the cost of stat, then open, through pathlib, which
+    counts at thousands of small files per second); O_NONBLOCK so that a FIFO named like a structure file is
+    refused instead of waiting for a writer."""
     try:
-        info = path.stat()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # a socket cannot be opened at all: say what it is
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return None, "not a regular file"
+        return None, f"cannot read file: {_one_line(exc)}"
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return None, "not a regular file"
         if info.st_size > limit:
             return None, _too_large(info.st_size, limit)
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
+        parts, size, wanted = [], 0, info.st_size + 1
+        while size <= limit:  # one read of the whole file, more only if it grew meanwhile
+            part = os.read(fd, wanted)
+            parts.append(part)
+            size += len(part)
+            if len(part) < wanted:  # a regular file reads short only at its end
+                break
+            wanted = min(limit + 1 - size, 1 << 20)
     except OSError as exc:
         return None, f"cannot read file: {_one_line(exc)}"
-    if len(data) > limit:  # it grew after the size check
-        return None, _too_large(len(data), limit)
-    return data, None
+    finally:
+        os.close(fd)
+    if size > limit:  # it grew after the size check
+        return None, _too_large(size, limit)
+    return b"".join(parts), None
 
 
 def iter_raw_inputs(paths: Iterable[Path], table_batch_rows: int = 4096) -> Iterator[RawInput]:

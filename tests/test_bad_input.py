@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -485,10 +486,36 @@ def test_oversized_file_is_refused_without_being_read(corpus, monkeypatch):
     def no_reading(*args, **kwargs):
         raise AssertionError("the oversized file was opened")
 
+    monkeypatch.setattr(os, "read", no_reading)
     monkeypatch.setattr(Path, "open", no_reading)
     monkeypatch.setattr(Path, "read_bytes", no_reading)
     (raw,) = iter_raw_inputs([folder / "big 100 MB.cif"])
     assert raw.text is None and "file too large: 100.0 MiB" in raw.error and "CLOUD_SCREEN_MAX_FILE_MB" in raw.error
+
+
+def test_files_that_are_not_regular_files_are_rows_with_a_reason_and_never_block(tmp_path):
+    """A FIFO (opened non-blocking: no writer ever comes), a socket (cannot be opened at all) and a folder,
+    each named like a structure file, become rows saying what they are; the good file beside them reads."""
+    import socket
+
+    os.mkfifo(tmp_path / "pipe.cif")
+    (tmp_path / "folder.cif").mkdir()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "socket.cif"))
+    (tmp_path / "good.cif").write_text(GOOD_CIF)
+    names = ["pipe.cif", "folder.cif", "socket.cif", "missing.cif", "good.cif"]
+    found: list = []
+    reader = threading.Thread(target=lambda: found.extend(iter_raw_inputs([tmp_path / n for n in names])), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():  # let the blocked open go (a writer appears), then fail
+        os.close(os.open(tmp_path / "pipe.cif", os.O_WRONLY | os.O_NONBLOCK))
+        raise AssertionError("reading the FIFO blocked")
+    server.close()
+    raws = {raw.id: raw for raw in found}
+    assert raws["pipe"].error == raws["folder"].error == raws["socket"].error == "not a regular file"
+    assert raws["missing"].error.startswith("cannot read file: [Errno 2] No such file or directory")
+    assert raws["good"].error is None and raws["good"].text == GOOD_CIF
 
 
 def test_file_size_limit_is_a_setting(corpus, tmp_path, monkeypatch):
