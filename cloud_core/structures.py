@@ -768,13 +768,17 @@ def _read_limited(path: Path, limit: int) -> tuple[bytes | None, str | None]:
         if info.st_size > limit:
             return None, _too_large(info.st_size, limit)
         parts, size, wanted = [], 0, info.st_size + 1
-        while size <= limit:  # one read of the whole file, more only if it grew meanwhile
+        while size <= limit:  # usually one read of the whole file; more if it is huge or grew meanwhile
             part = os.read(fd, wanted)
+            if not part:
+                break
             parts.append(part)
             size += len(part)
-            if len(part) < wanted:  # a regular file reads short only at its end
+            # A short read past the size fstat gave is the end (no extra call to see it); before that it is
+            # the kernel's cap on one read (~2 GiB on Linux), not the end.
+            if len(part) < wanted and size >= info.st_size:
                 break
-            wanted = min(limit + 1 - size, 1 << 20)
+            wanted = min(limit + 1 - size, max(info.st_size + 1 - size, 1 << 20))
     except OSError as exc:
         return None, f"cannot read file: {_one_line(exc)}"
     finally:

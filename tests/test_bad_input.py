@@ -518,6 +518,16 @@ def test_files_that_are_not_regular_files_are_rows_with_a_reason_and_never_block
     assert raws["good"].error is None and raws["good"].text == GOOD_CIF
 
 
+def test_a_file_read_in_short_pieces_is_read_whole(tmp_path, monkeypatch):
+    """One read() returns at most ~2 GiB on Linux: a file above that (with the limit raised) comes in pieces,
+    and must not be cut at the first. Simulated with reads capped at 100 bytes."""
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, min(n, 100)))
+    (tmp_path / "good.cif").write_text(GOOD_CIF)
+    (raw,) = iter_raw_inputs([tmp_path / "good.cif"])
+    assert len(GOOD_CIF) > 300 and raw.error is None and raw.text == GOOD_CIF
+
+
 def test_file_size_limit_is_a_setting(corpus, tmp_path, monkeypatch):
     folder, _ = corpus
     monkeypatch.setenv("CLOUD_SCREEN_MAX_FILE_MB", "200")
