@@ -25,6 +25,7 @@ from functools import cache
 
 import numpy as np
 
+from cloud_core import scope_tables
 from cloud_core.structures import Crystal
 
 
@@ -225,9 +226,10 @@ POOLS: dict[str, tuple[str, ...]] = {
 
 @cache
 def _oxidation_states(element: str) -> tuple[int, ...]:
-    from pymatgen.core.periodic_table import Element
-
-    return tuple(Element(element).common_oxidation_states)
+    states = scope_tables.common_oxidation_states(element)
+    if states is None:
+        raise ValueError(f"unknown element {element!r}")
+    return states
 
 
 def charge_balanced(elements: Sequence[str], counts: Sequence[int]) -> bool:

@@ -1,9 +1,12 @@
-"""The two pymatgen tables SCOPE strings need, shipped as JSON so that encoding never imports pymatgen.
+"""The pymatgen tables SCOPE strings and the candidate generator need, shipped as JSON so that encoding and
+generating never import pymatgen.
 
 - generator codes: space group number -> pymatgen's generator code (`SYMM_DATA["space_group_encoding"]`, the
   first entry of each number, as `cloud_core.scope.generator_codes` used to read them);
 - elements: symbol -> (Pauling electronegativity or null where pymatgen has none, atomic number), for the
-  118 elements.
+  118 elements;
+- common oxidation states: symbol -> pymatgen's `Element.common_oxidation_states` (the candidate generator's
+  charge-balance filter, `cloud_core.prototypes`).
 
 Importing pymatgen costs about 0.1 s of every `cloud-screen encode` start-up; reading this table costs about a
 millisecond. Derived by our own code from pymatgen and checked against it by `tests/test_scope.py`:
@@ -33,15 +36,18 @@ def build() -> dict[str, Any]:
     for entry in SYMM_DATA["space_group_encoding"].values():
         codes.setdefault(int(entry["int_number"]), entry["enc"])
     elements: dict[str, list] = {}
+    oxidation_states: dict[str, list[int]] = {}
     for z in range(1, 119):
         element = Element.from_Z(z)
         with warnings.catch_warnings():  # pymatgen warns that noble gases have no Pauling value (NaN)
             warnings.simplefilter("ignore")
             x = float(element.X)
         elements[element.symbol] = [x if x == x else None, int(element.Z)]
+        oxidation_states[element.symbol] = [int(q) for q in element.common_oxidation_states]
     return {
         "generator_codes": {str(n): codes[n] for n in sorted(codes)},
         "elements": elements,
+        "common_oxidation_states": oxidation_states,
     }
 
 
@@ -80,6 +86,12 @@ def element_data(symbol: str) -> tuple[float, int] | None:
         return None
     x, z = entry
     return (float("nan") if x is None else float(x), int(z))
+
+
+def common_oxidation_states(symbol: str) -> tuple[int, ...] | None:
+    """pymatgen's common oxidation states of an element, or None for an unknown symbol."""
+    states = shipped()["common_oxidation_states"].get(symbol)
+    return None if states is None else tuple(states)
 
 
 if __name__ == "__main__":

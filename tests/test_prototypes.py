@@ -66,6 +66,21 @@ def test_ionic_candidates_are_charge_balanced_and_the_order_is_seeded():
         assert charge_balanced(elements, [round(amounts[e]) for e in elements]), ident
 
 
+def test_generating_candidates_imports_no_pymatgen():
+    """The charge-balance filter reads the shipped oxidation-state table (pymatgen's, checked in test_scope)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cloud_core.prototypes import generate_candidates\n"
+        "print(sum(1 for _ in generate_candidates(max_count=2000, seed=1)))\n"
+        "print('pymatgen' in {m.split('.')[0] for m in sys.modules})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["2000", "False"], result.stderr
+
+
 def test_element_pool_restriction_and_unknown_prototypes():
     from cloud_core.prototypes import POOLS
 
