@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
 import torch
 
 from cloud_core.debye import debye_cv
-from cloud_core.model import CloudModel, slot_layout
-from cloud_core.tokenizer import Batch, tokenize
+from cloud_core.model import CloudModel, slot_counts, slot_layout
+from cloud_core.tokenizer import Batch, TokenTable, token_table
 
 CV_REPORT_TEMPERATURE = 300.0  # K: `cv_300K`, the heat capacity every prediction table carries
 # Batching (see the module docstring): padded tokens at most (1 + PADDING_SLACK) x real tokens, unless the batch
@@ -33,6 +34,10 @@ CV_REPORT_TEMPERATURE = 300.0  # K: `cv_300K`, the heat capacity every predictio
 # guess until measured on a GPU.
 PADDING_SLACK = 0.1
 MIN_BATCH_TOKENS = {"cpu": 2048, "cuda": 32768}
+# Strings tokenized (and sorted by length) together, and the threads that tokenize pieces ahead of the model:
+# a piece of 65,536 detailed strings takes ~0.4 s on one core, so the model of a GPU outruns one thread.
+TOKENIZE_CHUNK = 65536
+TOKENIZE_THREADS = 4
 
 log = logging.getLogger(__name__)
 
@@ -79,69 +84,102 @@ def predict_strings(
     """One row per input string: prediction columns (physical units) and `error` (null when predicted).
 
     `min_batch_tokens`: below this many padded tokens a batch grows whatever its padding (default by device
-    type, MIN_BATCH_TOKENS); `batch_size` caps the strings per batch."""
+    type, MIN_BATCH_TOKENS); `batch_size` caps the strings per batch.
+
+    Strings are tokenized in pieces of TOKENIZE_CHUNK by a few threads (polars and numpy release the
+    interpreter lock) while the model runs on the pieces before; each piece is sorted by length and cut into
+    batches on its own. On CUDA, a batch's outputs are fetched only once the next batch is queued, so the GPU
+    is not left waiting while the host builds a batch."""
     device = torch.device(device)
     if min_batch_tokens is None:
         min_batch_tokens = MIN_BATCH_TOKENS.get(device.type, MIN_BATCH_TOKENS["cuda"])
     model.eval()
     n = len(scopes)
-    present = np.array([s is not None for s in scopes], dtype=bool)
-    strings = [s if s is not None else "" for s in scopes]
-    tokens = tokenize(strings, max_length=model.config.max_length)
-    errors: list[str | None] = [None] * n
-    for i in np.flatnonzero(~present):
-        errors[i] = "no SCOPE string"
-    for i in tokens.too_long:
-        errors[i] = f"SCOPE string longer than the model's {model.config.max_length} tokens"
-    bad_vocab = tokens.unknown > 0
-    for i in np.flatnonzero(bad_vocab):
-        errors[i] = f"SCOPE string has {tokens.unknown[i]} token(s) outside the model vocabulary"
+    strings = pl.Series("scope", scopes, dtype=pl.String)
+    run = _Run(model, device, batch_size, min_batch_tokens, n)
+    run.errors = ["no SCOPE string" if s is None else None for s in scopes]
+    pieces = [(lo, min(lo + TOKENIZE_CHUNK, n)) for lo in range(0, n, TOKENIZE_CHUNK)]
+    with ThreadPoolExecutor(max(1, min(len(pieces), TOKENIZE_THREADS)), thread_name_prefix="tokenize") as pool:
+        tables = pool.map(lambda piece: token_table(strings[piece[0] : piece[1]], model.config.max_length), pieces)
+        for (lo, _), table in zip(pieces, tables, strict=True):
+            run.piece(lo, table)
+    run.fetch()
+    out, errors = run.out, run.errors
+    finite = np.isfinite(out).all(axis=1)
+    for i in np.flatnonzero(~finite):  # never stored as a valid prediction
+        errors[i] = errors[i] or "model output not finite"
+        out[i] = np.nan
+    columns = run.columns
+    frame = pl.DataFrame({c: pl.Series(c, out[:, j], dtype=pl.Float64).fill_nan(None) for j, c in enumerate(columns)})
+    return frame.with_columns(pl.Series("error", errors, dtype=pl.String))
 
-    usable = present[tokens.rows] & ~bad_vocab[tokens.rows]  # batch rows worth running
-    order = np.flatnonzero(usable)
-    lengths = model_lengths(model, tokens)
-    order = order[np.argsort(lengths[order], kind="stable")]
-    lengths = lengths[order]  # aligned with `order`, ascending
-    columns = prediction_columns(model)
-    out = {c: np.full(n, np.nan, dtype=np.float64) for c in columns}
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    )
-    start, size = 0, max(1, batch_size)
-    while start < len(order):
-        rows = order[start : batch_end(lengths, start, size, min_batch_tokens)]  # rows of `tokens`
-        out_of_memory = False
+
+class _Run:
+    """The state of one predict_strings call: outputs, errors, the batch size (halved on out-of-memory) and the
+    batches whose outputs are still on the device."""
+
+    def __init__(self, model: CloudModel, device: torch.device, batch_size: int, min_batch_tokens: int, n: int):
+        self.model, self.device, self.size, self.min_batch_tokens = model, device, max(1, batch_size), min_batch_tokens
+        self.columns = prediction_columns(model)
+        self.out = np.full((n, len(self.columns)), np.nan, dtype=np.float64)
+        self.errors: list[str | None] = [None] * n
+        self.pending: list[tuple[np.ndarray, torch.Tensor]] = []  # (input rows, outputs on the device)
+        self.in_flight = 1 if device.type == "cuda" else 0  # batches left running while the next one is built
+        cuda = device.type == "cuda"
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+
+    def fetch(self, keep: int = 0) -> None:
+        """Copy the outputs of all but the newest `keep` pending batches into `out`."""
+        while len(self.pending) > keep:
+            rows, values = self.pending.pop(0)
+            self.out[rows] = values.cpu().numpy()
+
+    def piece(self, lo: int, table: TokenTable) -> None:
+        """Predict the strings of one tokenized piece (input rows lo, lo + 1, ...)."""
+        max_length = self.model.config.max_length
+        for i in table.too_long:
+            self.errors[lo + i] = self.errors[lo + i] or f"SCOPE string longer than the model's {max_length} tokens"
+        for i in np.flatnonzero(table.unknown):
+            reason = f"SCOPE string has {table.unknown[i]} token(s) outside the model vocabulary"
+            self.errors[lo + i] = self.errors[lo + i] or reason
+        usable = np.flatnonzero([self.errors[lo + i] is None for i in table.rows])
+        lengths = slot_counts(table, self.model.config)[usable]
+        order = usable[np.argsort(lengths, kind="stable")]  # rows of `table`, ascending length
+        lengths = np.sort(lengths, kind="stable")
+        start = 0
+        while start < len(order):
+            rows = order[start : batch_end(lengths, start, self.size, self.min_batch_tokens)]
+            start += self.batch(lo, table, rows)
+
+    def batch(self, lo: int, table: TokenTable, rows: np.ndarray) -> int:
+        """Run rows `rows` of `table`; returns how many rows are done (0: out of memory, retry smaller)."""
         try:
-            batch = tokens.select(torch.from_numpy(rows), device)
-            with autocast:
-                result = model.predict(batch)
-            theta = result["debye_temperature"].float()
-            result["cv_300K"] = debye_cv(theta, torch.tensor(CV_REPORT_TEMPERATURE, device=theta.device))
-            result["cv_300K_std"] = result["cv_305K_std"]
-            values = {c: result[c].float().cpu().numpy() for c in columns}
+            self.launch(lo, table, rows)
+            self.fetch(keep=self.in_flight)
+            return len(rows)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            out_of_memory = True
-        if out_of_memory:  # here, not in the except block, whose traceback still holds the batch's tensors
-            batch = result = theta = None
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(rows) == 1:
-                length = int(tokens.mask[rows[0]].sum())
-                errors[int(tokens.rows[rows[0]])] = f"out of memory on a batch of one ({length} tokens) on {device}"
-                start += 1
-                continue
-            size = max(1, len(rows) // 2)
-            log.warning("out of memory on %s with a batch of %d strings; halving it to %d", device, len(rows), size)
-            continue
-        for c in columns:
-            out[c][batch.rows] = values[c]
-        start += len(rows)
-    finite = np.all([np.isfinite(out[c]) for c in columns], axis=0)
-    for i in np.flatnonzero(~finite):  # never stored as a valid prediction
-        errors[i] = errors[i] or "model output not finite"
-        for c in columns:
-            out[c][i] = np.nan
-    frame = pl.DataFrame({c: pl.Series(c, v, dtype=pl.Float64).fill_nan(None) for c, v in out.items()})
-    return frame.with_columns(pl.Series("error", errors, dtype=pl.String))
+        # Out of memory. Here, after the except block: its traceback held launch()'s frame and tensors.
+        self.fetch()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(rows) == 1:
+            where = lo + int(table.rows[rows[0]])
+            self.errors[where] = f"out of memory on a batch of one ({table.lengths[rows[0]]} tokens) on {self.device}"
+            return 1
+        self.size = max(1, len(rows) // 2)
+        log.warning(
+            "out of memory on %s with %d strings in a batch; halving it to %d", self.device, len(rows), self.size
+        )
+        return 0
+
+    def launch(self, lo: int, table: TokenTable, rows: np.ndarray) -> None:
+        """Queue the model on rows `rows` of `table`; the outputs join `pending`."""
+        batch = table.padded(rows, self.device)
+        with self.autocast:
+            result = self.model.predict(batch)
+        theta = result["debye_temperature"].float()
+        result["cv_300K"] = debye_cv(theta, torch.tensor(CV_REPORT_TEMPERATURE, device=theta.device))
+        result["cv_300K_std"] = result["cv_305K_std"]
+        self.pending.append((lo + batch.rows, torch.stack([result[c].float() for c in self.columns], 1)))

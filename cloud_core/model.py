@@ -15,12 +15,22 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cloud_core.debye import debye_cv
-from cloud_core.tokenizer import MIXED_ID, N_SEGMENTS, PAD, Batch, amount_id_range, element_id_range, generator_id_range
+from cloud_core.tokenizer import (
+    MIXED_ID,
+    N_SEGMENTS,
+    PAD,
+    Batch,
+    TokenTable,
+    amount_id_range,
+    element_id_range,
+    generator_id_range,
+)
 
 PROPERTIES = ("formation_energy_per_atom", "band_gap", "log10_k_vrh", "log10_g_vrh")
 DEBYE_FIT_TEMPERATURE = 305.0  # K, the temperature whose heat capacity the Debye head is trained on
@@ -236,6 +246,21 @@ def slot_layout(batch: Batch, config: ModelConfig) -> tuple[torch.Tensor, torch.
         rank = torch.where(is_gen, 1, rank + (rank >= 1).long())
         n_slots = n_slots + 1
     return torch.where(mask, rank, -1), is_gen, n_slots
+
+
+def slot_counts(table: TokenTable, config: ModelConfig) -> np.ndarray:
+    """`slot_layout`'s slots per row (B,), from the unpadded table (to sort strings before any batch is padded)."""
+    ids, segments = table.ids, table.segments
+    starts = np.ones(len(ids), dtype=bool)
+    if config.pool_generators:
+        first, count = generator_id_range()
+        starts &= ~((segments == 0) & (ids >= first) & (ids < first + count))
+    if config.pool_pairs:
+        (element, n_elements), (amount, n_amounts) = element_id_range(), amount_id_range()
+        on_orbit = (segments == 1) & (((ids >= element) & (ids < element + n_elements)) | (ids == MIXED_ID))
+        starts &= ~(on_orbit | ((segments == 2) & (ids >= amount) & (ids < amount + n_amounts)))
+    row = np.repeat(np.arange(len(table)), table.lengths)
+    return np.bincount(row, weights=starts, minlength=len(table)).astype(np.int64) + int(config.pool_generators)
 
 
 class MaskedLMHead(nn.Module):

@@ -146,67 +146,143 @@ class Batch:
         return Batch(*tensors, self.rows[index.numpy()], None, None)
 
 
-def tokenize(strings: Sequence[str] | pl.Series, max_length: int = 256) -> Batch:
-    """Tokenize a batch of SCOPE strings into padded tensors (padded to the longest string in the batch)."""
+# Unicode's White_Space characters but the space itself: what else the regex `\s` (polars') matches.
+UNICODE_WHITESPACE = [
+    *"\t\n\x0b\x0c\r\x85\xa0\u1680",
+    *(chr(c) for c in range(0x2000, 0x200B)),
+    *"\u2028\u2029\u202f\u205f\u3000",
+]
+
+
+@cache
+def _vocabulary_enum() -> pl.Enum:
+    """The vocabulary as a polars Enum: a token's physical code is its id."""
+    return pl.Enum(vocabulary())
+
+
+@cache
+def _generator_enum() -> pl.Enum:
+    """The generator characters (without their `g:`), in id order: code + generator_id_range()[0] is the id."""
+    return pl.Enum([token[2:] for token in vocabulary() if token.startswith("g:")])
+
+
+def _lookup(tokens: pl.Expr, enum: pl.Enum, missing: int = UNK) -> pl.Expr:
+    """Each token's code in `enum` as Int16, `missing` for a token outside it (a cast to an Enum hashes only its
+    few hundred categories, ~0.6x the time of replace_strict with a dict)."""
+    return tokens.cast(enum, strict=False).to_physical().cast(pl.Int16).fill_null(missing)
+
+
+@dataclass
+class TokenTable:
+    """Tokens of the strings that fit, unpadded: one flat array per field, row i at offsets[i]:offsets[i + 1].
+
+    What batches are cut from: each batch is padded only to its own longest row (`padded`), so a few long
+    strings never widen the whole table (detailed strings run from ~10 to ~190 tokens)."""
+
+    ids: np.ndarray  # (T,) int16 token ids, [CLS] first in every row
+    segments: np.ndarray  # (T,) int8
+    values: np.ndarray  # (T,) float32 amount value on composition-amount tokens, else 0
+    offsets: np.ndarray  # (B + 1,) int64
+    rows: np.ndarray  # (B,) index into the input strings of each row
+    unknown: np.ndarray  # (N,) number of [UNK] tokens per input string
+    too_long: np.ndarray  # indices of input strings longer than max_length (not in the table)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(B,) tokens per row, [CLS] included."""
+        return np.diff(self.offsets)
+
+    def padded(self, index: np.ndarray | None = None, device: torch.device | str = "cpu") -> Batch:
+        """Rows `index` (all when None) as a Batch padded to their longest row, on `device` (page-locked and
+        copied asynchronously for CUDA, so the host can build the next batch while this one travels)."""
+        index = np.arange(len(self.rows)) if index is None else np.asarray(index, dtype=np.int64)
+        lengths = self.lengths[index]
+        b, width = len(index), int(lengths.max()) if len(index) else 1
+        row_of = np.repeat(np.arange(b), lengths)  # (t,) batch row of each token
+        position = np.arange(len(row_of)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        source = np.repeat(self.offsets[index], lengths) + position  # (t,) index into the flat arrays
+        flat = row_of * width + position
+        pin = torch.device(device).type == "cuda"
+        tensors = []
+        for values, dtype in ((self.ids, np.int64), (self.segments, np.int64), (self.values, np.float32)):
+            out = np.zeros(b * width, dtype=dtype)
+            out[flat] = values[source]
+            tensors.append(torch.from_numpy(out.reshape(b, width)))
+        tensors.append(torch.from_numpy(np.arange(width)[None, :] < lengths[:, None]))
+        if pin or torch.device(device).type != "cpu":
+            tensors = [(t.pin_memory() if pin else t).to(device, non_blocking=True) for t in tensors]
+        return Batch(*tensors, self.rows[index], self.unknown if b == len(self.rows) else None, None)
+
+
+def token_table(strings: Sequence[str] | pl.Series, max_length: int = 256) -> TokenTable:
+    """Tokenize SCOPE strings into a TokenTable (see the module docstring for the rules).
+
+    polars splits and looks up the tokens (vectorised, the interpreter lock released); the per-row bookkeeping
+    (positions, segments, [CLS]) is numpy on flat arrays, never on a padded matrix."""
     series = pl.Series("scope", strings, dtype=pl.String).fill_null("")
     n = len(series)
     vocab = _token_ids()
+    # Whitespace of any kind separates tokens (a literal scan first: the regex costs ~2 us a string, and the
+    # encoder's own strings hold single spaces only); ':' (detailed `4a:Na`) too; '+' (mixed `Ba+Sr`) is a token.
+    text = series
+    if series.str.contains_any(UNICODE_WHITESPACE).any():
+        text = series.str.replace_all(r"\s+", " ")
+    text = text.str.replace_all(":", " ", literal=True).str.replace_all(MIXED, f" {MIXED} ", literal=True)
     tokens = (
-        pl.DataFrame({"scope": series})
+        pl.DataFrame({"t": text.str.split(" ")})
         .with_row_index("row")
-        .select(
-            "row",
-            pl.col("scope").str.replace_all(":", " ").str.replace_all(r"\+", " + ").str.extract_all(r"\S+").alias("t"),
-        )
         .explode("t")
-        .drop_nulls("t")
-        .with_columns(
-            position=pl.int_range(pl.len()).over("row") + 1,  # 0 is [CLS]
-            segment=(pl.col("t") == SEPARATOR).cum_sum().over("row").clip(upper_bound=N_SEGMENTS - 1),
-        )
-        .with_columns(
-            key=pl.when((pl.col("segment") == 0) & (pl.col("t") != SEPARATOR))
-            .then(pl.lit("g:") + pl.col("t"))
-            .otherwise(pl.col("t"))
-        )
-        .with_columns(
-            id=pl.col("key").replace_strict(vocab, default=UNK, return_dtype=pl.Int64),
-            value=pl.when(pl.col("segment") == 2).then(pl.col("t").cast(pl.Float32, strict=False)).otherwise(0.0),
-        )
+        .filter(pl.col("t") != "")
+        .with_columns(id=_lookup(pl.col("t"), _vocabulary_enum()))
     )
-    lengths = np.zeros(n, dtype=np.int64)
-    per_row = tokens.group_by("row").agg(pl.len(), (pl.col("id") == UNK).sum().alias("unk"))
-    rows_with_tokens = per_row["row"].to_numpy()
-    lengths[rows_with_tokens] = per_row["len"].to_numpy()
-    unknown = np.zeros(n, dtype=np.int64)
-    unknown[rows_with_tokens] = per_row["unk"].to_numpy()
-    lengths += 1  # [CLS]
-    too_long = np.flatnonzero(lengths > max_length)
-    keep = np.flatnonzero(lengths <= max_length)
-    slot = np.full(n, -1, dtype=np.int64)
-    slot[keep] = np.arange(len(keep))
-    width = int(lengths[keep].max()) if len(keep) else 1
+    row = tokens["row"].to_numpy()
+    ids = tokens["id"].to_numpy().copy()  # (T,) without [CLS]
+    counts = np.bincount(row, minlength=n)  # tokens per string, [CLS] not counted
+    starts = np.concatenate([[0], np.cumsum(counts)])  # flat offset of each string's first token
+    separators = np.cumsum(ids == vocab[SEPARATOR], dtype=np.int32)
+    before = np.concatenate([[0], separators])[starts[:-1]]  # separators before each string
+    segments = np.minimum(separators - before[row], N_SEGMENTS - 1, dtype=np.int32).astype(np.int8)
+    on_generator = np.flatnonzero(segments == 0)  # generator characters: their own namespace (`g:O`)
+    if len(on_generator):
+        picked = tokens["t"].gather(on_generator)
+        first_generator = generator_id_range()[0]
+        codes = pl.select(_lookup(pl.lit(picked), _generator_enum(), missing=-1)).to_series().to_numpy()
+        ids[on_generator] = np.where(codes < 0, UNK, codes + first_generator)
+    values = np.zeros(len(ids), dtype=np.float32)
+    on_composition = np.flatnonzero(segments == 2)
+    if len(on_composition):
+        amounts = tokens["t"].gather(on_composition).cast(pl.Float32, strict=False).fill_null(0.0)
+        values[on_composition] = amounts.to_numpy()
+    unknown = np.bincount(row[ids == UNK], minlength=n)
 
-    ids = np.zeros((len(keep), width), dtype=np.int64)
-    segments = np.zeros((len(keep), width), dtype=np.int64)
-    values = np.zeros((len(keep), width), dtype=np.float32)
-    ids[:, 0] = CLS
-    row = tokens["row"].to_numpy().astype(np.int64)
-    fits = slot[row] >= 0
-    r, p = slot[row][fits], tokens["position"].to_numpy()[fits]
-    ids[r, p] = tokens["id"].to_numpy()[fits]
-    segments[r, p] = tokens["segment"].to_numpy()[fits]
-    values[r, p] = tokens["value"].fill_null(0.0).to_numpy()[fits]
-    mask = np.arange(width)[None, :] < lengths[keep][:, None]
-    return Batch(
-        torch.from_numpy(ids),
-        torch.from_numpy(segments),
-        torch.from_numpy(values),
-        torch.from_numpy(mask),
+    lengths = counts + 1  # [CLS]
+    keep = np.flatnonzero(lengths <= max_length)
+    too_long = np.flatnonzero(lengths > max_length)
+    if len(too_long):  # their tokens leave the flat arrays
+        take = np.repeat(lengths <= max_length, counts)
+        ids, segments, values = ids[take], segments[take], values[take]
+    offsets = np.concatenate([[0], np.cumsum(lengths[keep])])
+    first = offsets[:-1] - np.arange(len(keep))  # each kept string's first token, before the [CLS] go in
+    return TokenTable(
+        np.insert(ids, first, CLS),
+        np.insert(segments, first, 0),
+        np.insert(values, first, 0.0),
+        offsets,
         keep,
         unknown,
         too_long,
     )
+
+
+def tokenize(strings: Sequence[str] | pl.Series, max_length: int = 256) -> Batch:
+    """Tokenize a batch of SCOPE strings into padded tensors (padded to the longest string in the batch)."""
+    table = token_table(strings, max_length)
+    batch = table.padded()
+    batch.unknown, batch.too_long = table.unknown, table.too_long
+    return batch
 
 
 def decode(ids: Sequence[int]) -> list[str]:
