@@ -58,19 +58,29 @@ REF_MAX_LENGTH = 64
 # ----------------------------------------------------------------------------------------------- strings
 
 
-def load_strings(n: int, seed: int, max_length: int) -> tuple[list[str], list[str], int]:
+def load_strings(n: int, seed: int, max_length: int, prepared: Path | None = None) -> tuple[list[str], list[str], int]:
     """(official, detailed) SCOPE strings of the same materials, the first n mp37k sample rows that both encode
     and whose detailed string fits our model (at most `max_length` tokens); and how many were left out as too long.
+
+    `prepared`: bench/bench_gpu.py's inputs table (mp37k encoded ahead, for a machine without the shared data).
     """
-    frame = pl.read_parquet(DATA / "mp37k.parquet", columns=["material_id", "cif"])
-    frame = frame.sample(min(frame.height, int(n * 1.05) + 64), seed=seed)
-    encoded = {
-        v: encode_table(frame, EncodeSettings(variant=v), workers=1).select("id", "scope")
-        for v in ("official", "detailed")
-    }
-    both = (
-        encoded["official"].join(encoded["detailed"], on="id", suffix="_detailed", maintain_order="left").drop_nulls()
-    )
+    if prepared is not None:
+        both = pl.read_parquet(prepared, columns=["official", "detailed"]).rename(
+            {"official": "scope", "detailed": "scope_detailed"}
+        )
+        both = both.sample(min(both.height, int(n * 1.05) + 64), seed=seed)
+    else:
+        frame = pl.read_parquet(DATA / "mp37k.parquet", columns=["material_id", "cif"])
+        frame = frame.sample(min(frame.height, int(n * 1.05) + 64), seed=seed)
+        encoded = {
+            v: encode_table(frame, EncodeSettings(variant=v), workers=1).select("id", "scope")
+            for v in ("official", "detailed")
+        }
+        both = (
+            encoded["official"]
+            .join(encoded["detailed"], on="id", suffix="_detailed", maintain_order="left")
+            .drop_nulls()
+        )
     tokens = tokenize(both["scope_detailed"].to_list(), max_length=max_length)
     fits = np.ones(both.height, dtype=bool)
     fits[tokens.too_long] = False
@@ -244,6 +254,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=64, help="strings of the untimed warm-up pass")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--strings", type=Path, help="bench/bench_gpu.py --prepare's table instead of encoding mp37k")
+    parser.add_argument("--vocab", type=Path, default=VOCAB, help="the reference WordPiece vocabulary")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -256,7 +268,7 @@ def main() -> None:
     load_at_start = os.getloadavg()
     shipped = load_bundle("default", device).model
     started = time.perf_counter()
-    official, detailed, too_long = load_strings(args.n, args.seed, shipped.config.max_length)
+    official, detailed, too_long = load_strings(args.n, args.seed, shipped.config.max_length, args.strings)
     print(
         f"encoded {len(official)} materials (official + detailed) in {time.perf_counter() - started:.1f} s; "
         f"{too_long} left out on the way: detailed string over the model's {shipped.config.max_length} tokens"
@@ -265,8 +277,8 @@ def main() -> None:
 
     ours_large = reference_size_model(shipped.config, args.width, args.layers, args.heads).to(device)
     ours_pairs = reference_size_model(shipped.config, args.width, args.layers, args.heads, pool_pairs=True).to(device)
-    fast_tok, python_tok = reference_tokenizers(VOCAB)
-    vocab_size = len(read_vocab(VOCAB))
+    fast_tok, python_tok = reference_tokenizers(args.vocab)
+    vocab_size = len(read_vocab(args.vocab))
     assert len(fast_tok) == vocab_size, f"tokenizer has {len(fast_tok)} tokens, vocab.txt {vocab_size}"
     torch.manual_seed(0)
     reference = ReferenceModel(vocab_size, fast_tok.pad_token_id, args.width, args.layers, args.heads)

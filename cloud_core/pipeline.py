@@ -13,6 +13,7 @@ both sides wait on each other.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from cloud_core.encode import IDENTITY_SCHEMA, EncodeSettings, default_workers, encode_stream, encoder_pool
-from cloud_core.structures import expand_inputs, iter_raw_inputs
+from cloud_core.structures import RawInput, expand_inputs, iter_raw_inputs
 from cloud_core.tables import TableWriter
 
 if TYPE_CHECKING:
@@ -73,15 +74,31 @@ def predict_files(
     progress: bool = False,
     chunk_size: int = PREDICT_CHUNK,
 ) -> dict[str, int]:
-    """Predict every structure in `inputs` into the table `out`; returns row counts.
+    """Predict every structure in `inputs` (files, folders, tables) into the table `out`; returns row counts.
 
     `workers` encoder processes (at least one, so encoding always overlaps inference) run beside this process,
     which loads the model and predicts. A model that cannot be loaded raises (BundleError; RuntimeError for a
     missing CUDA device) before an output file is started.
     """
+    raws = iter_raw_inputs(expand_inputs(inputs))
+    return predict_raw(raws, out, model, device, settings, workers, batch_size, progress, chunk_size)
+
+
+def predict_raw(
+    raws: Iterable[RawInput],
+    out: Path,
+    model: str | Path,
+    device: str,
+    settings: EncodeSettings,
+    workers: int = 1,
+    batch_size: int = 2048,
+    progress: bool = False,
+    chunk_size: int = PREDICT_CHUNK,
+) -> dict[str, int]:
+    """`predict_files` for structures already read (or made) in this process: the pipeline itself."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    paths = expand_inputs(inputs)
+    raws = iter(raws)
     workers = max(1, workers)
     counts = {"rows": 0, "predicted": 0, "errors": 0}
     bar = Progress(
@@ -93,7 +110,6 @@ def predict_files(
         disable=not progress,
     )
     task = bar.add_task("predict", total=None)
-    raws = iter_raw_inputs(paths)
     # The workers' first chunks are read before torch's import starts: the import holds the interpreter lock
     # for long stretches, and reading the files beside it took ~0.4 s instead of ~0.03 s.
     first = list(itertools.islice(raws, 2 * workers * chunk_size))
