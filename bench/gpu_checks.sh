@@ -19,8 +19,8 @@ if [ -n "${SMALL:-}" ]; then  # dry run: the same steps, small
     GRID=(--n 20000 --sizes 1000,3000 --workers 1 --batch-sizes 2048 --min-tokens 32768 --passes 1)
     INFER=(--n 1024 --n-large 64 --batch-size 256 --threads 2 --passes 1)
 else
-    GRID=(--n 262144 --sizes 50000,300000 --workers 15 --batch-sizes 2048,8192 --min-tokens 32768,131072)
-    INFER=(--n 65536 --n-large 8192 --batch-size 1024 --threads 16 --passes 3)
+    GRID=(--n 262144 --sizes 30000,200000 --workers 15 --batch-sizes 4096,16384 --min-tokens 131072,524288)
+    INFER=(--n 32768 --n-large 8192 --batch-size 1024 --threads 16 --passes 3)
 fi
 
 (nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv; nproc; free -g) \
@@ -31,9 +31,9 @@ echo "== 1. CPU/CUDA parity (tests/test_model.py::test_cpu_and_cuda_predictions_
 timeout 180 $PY -m pytest -q -p no:cacheprovider tests/test_model.py -k cuda 2>&1 | tee "$OUT/parity.txt"
 
 echo "== 2. inference grid, encode-only and end to end (bench/bench_gpu.py)"
-timeout 300 $PY bench/bench_gpu.py --inputs .gpu/inputs.parquet --device "$DEVICE" "${GRID[@]}" \
+timeout 240 $PY bench/bench_gpu.py --inputs .gpu/inputs.parquet --device "$DEVICE" "${GRID[@]}" \
     --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.txt"
 
 echo "== 3. ours against the reference BERT stack (bench/bench_inference.py)"
-timeout 300 $PY bench/bench_inference.py --device "$DEVICE" --strings .gpu/inputs.parquet --vocab .gpu/vocab.txt \
+timeout 240 $PY bench/bench_inference.py --device "$DEVICE" --strings .gpu/inputs.parquet --vocab .gpu/vocab.txt \
     "${INFER[@]}" --json "$OUT/bench_inference.json" 2>&1 | tee "$OUT/bench_inference.txt"

@@ -15,9 +15,12 @@ not fit even alone is an error row. Outputs that are NaN or inf are error rows t
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -86,10 +89,10 @@ def predict_strings(
     `min_batch_tokens`: below this many padded tokens a batch grows whatever its padding (default by device
     type, MIN_BATCH_TOKENS); `batch_size` caps the strings per batch.
 
-    Strings are tokenized in pieces of TOKENIZE_CHUNK by a few threads (polars and numpy release the
-    interpreter lock) while the model runs on the pieces before; each piece is sorted by length and cut into
-    batches on its own. On CUDA, a batch's outputs are fetched only once the next batch is queued, so the GPU
-    is not left waiting while the host builds a batch."""
+    The host work runs ahead of the model on a few threads (polars and numpy release the interpreter lock):
+    pieces of TOKENIZE_CHUNK strings are tokenized, sorted by length, cut into batches and padded there, at
+    most one piece per thread ahead; this thread only launches the model. On CUDA, a batch's outputs are
+    fetched once the next batch is queued, so the GPU is not left waiting for the host."""
     device = torch.device(device)
     if min_batch_tokens is None:
         min_batch_tokens = MIN_BATCH_TOKENS.get(device.type, MIN_BATCH_TOKENS["cuda"])
@@ -98,11 +101,21 @@ def predict_strings(
     strings = pl.Series("scope", scopes, dtype=pl.String)
     run = _Run(model, device, batch_size, min_batch_tokens, n)
     run.errors = ["no SCOPE string" if s is None else None for s in scopes]
-    pieces = [(lo, min(lo + TOKENIZE_CHUNK, n)) for lo in range(0, n, TOKENIZE_CHUNK)]
-    with ThreadPoolExecutor(max(1, min(len(pieces), TOKENIZE_THREADS)), thread_name_prefix="tokenize") as pool:
-        tables = pool.map(lambda piece: token_table(strings[piece[0] : piece[1]], model.config.max_length), pieces)
-        for (lo, _), table in zip(pieces, tables, strict=True):
-            run.piece(lo, table)
+    present = strings.is_not_null().to_numpy()
+    pieces = iter(range(0, n, TOKENIZE_CHUNK))
+    threads = max(1, min(-(-n // TOKENIZE_CHUNK), TOKENIZE_THREADS))
+    with ThreadPoolExecutor(threads, thread_name_prefix="predict-prepare") as pool:
+
+        def submit(lo: int) -> Future:
+            hi = min(lo + TOKENIZE_CHUNK, n)
+            return pool.submit(run.prepare, lo, strings[lo:hi], present[lo:hi])
+
+        ahead = deque(submit(lo) for lo in itertools.islice(pieces, threads + 1))
+        while ahead:
+            piece = ahead.popleft().result()
+            if (lo := next(pieces, None)) is not None:
+                ahead.append(submit(lo))
+            run.piece(piece)
     run.fetch()
     out, errors = run.out, run.errors
     finite = np.isfinite(out).all(axis=1)
@@ -112,6 +125,18 @@ def predict_strings(
     columns = run.columns
     frame = pl.DataFrame({c: pl.Series(c, out[:, j], dtype=pl.Float64).fill_nan(None) for j, c in enumerate(columns)})
     return frame.with_columns(pl.Series("error", errors, dtype=pl.String))
+
+
+@dataclass
+class _Piece:
+    """TOKENIZE_CHUNK strings made ready for the model: input rows lo, lo + 1, ... ."""
+
+    lo: int
+    table: TokenTable
+    usable: np.ndarray  # rows of `table` to predict, ascending length
+    lengths: np.ndarray  # their lengths inside the model
+    size: int  # the batch size the batches below were cut with
+    batches: list[tuple[np.ndarray, Batch]]  # (rows of `table`, padded on the host) covering `usable` in order
 
 
 class _Run:
@@ -128,35 +153,67 @@ class _Run:
         cuda = device.type == "cuda"
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
 
+    def prepare(self, lo: int, strings: pl.Series, present: np.ndarray) -> _Piece:
+        """Tokenize, sort and cut one piece into padded host batches (runs on a preparing thread)."""
+        table = token_table(strings, self.model.config.max_length)
+        fine = present[table.rows] & (table.unknown[table.rows] == 0)
+        usable = np.flatnonzero(fine)
+        lengths = slot_counts(table, self.model.config)[usable]
+        order = np.argsort(lengths, kind="stable")
+        usable, lengths = usable[order], lengths[order]
+        size, batches = self.size, []
+        pin = self.device.type == "cuda"
+        for start, stop in self.cuts(lengths, size):
+            rows = usable[start:stop]
+            batches.append((rows, table.padded(rows, "cpu", pin=pin)))
+        return _Piece(lo, table, usable, lengths, size, batches)
+
+    def cuts(self, lengths: np.ndarray, size: int) -> Iterator[tuple[int, int]]:
+        start = 0
+        while start < len(lengths):
+            stop = batch_end(lengths, start, size, self.min_batch_tokens)
+            yield start, stop
+            start = stop
+
     def fetch(self, keep: int = 0) -> None:
         """Copy the outputs of all but the newest `keep` pending batches into `out`."""
         while len(self.pending) > keep:
             rows, values = self.pending.pop(0)
             self.out[rows] = values.cpu().numpy()
 
-    def piece(self, lo: int, table: TokenTable) -> None:
-        """Predict the strings of one tokenized piece (input rows lo, lo + 1, ...)."""
+    def piece(self, piece: _Piece) -> None:
+        """Record the piece's refusals and predict the rest."""
+        lo, table = piece.lo, piece.table
         max_length = self.model.config.max_length
         for i in table.too_long:
             self.errors[lo + i] = self.errors[lo + i] or f"SCOPE string longer than the model's {max_length} tokens"
         for i in np.flatnonzero(table.unknown):
             reason = f"SCOPE string has {table.unknown[i]} token(s) outside the model vocabulary"
             self.errors[lo + i] = self.errors[lo + i] or reason
-        usable = np.flatnonzero([self.errors[lo + i] is None for i in table.rows])
-        lengths = slot_counts(table, self.model.config)[usable]
-        order = usable[np.argsort(lengths, kind="stable")]  # rows of `table`, ascending length
-        lengths = np.sort(lengths, kind="stable")
-        start = 0
-        while start < len(order):
-            rows = order[start : batch_end(lengths, start, self.size, self.min_batch_tokens)]
-            start += self.batch(lo, table, rows)
+        done = 0  # positions of piece.usable predicted (or refused) so far
+        for rows, batch in piece.batches:
+            if self.size < piece.size:  # an out-of-memory error shrank the batches: cut the rest here
+                break
+            if not self.run(lo, table, rows, batch):
+                break
+            done += len(rows)
+        while done < len(piece.usable):  # after an out-of-memory error: smaller batches, cut and padded here
+            stop = batch_end(piece.lengths, done, self.size, self.min_batch_tokens)
+            rows = piece.usable[done:stop]
+            if self.run(lo, table, rows, table.padded(rows, "cpu")):
+                done = stop
+            elif len(rows) == 1:
+                where = lo + int(table.rows[rows[0]])
+                length = int(table.lengths[rows[0]])
+                self.errors[where] = f"out of memory on a batch of one ({length} tokens) on {self.device}"
+                done = stop
 
-    def batch(self, lo: int, table: TokenTable, rows: np.ndarray) -> int:
-        """Run rows `rows` of `table`; returns how many rows are done (0: out of memory, retry smaller)."""
+    def run(self, lo: int, table: TokenTable, rows: np.ndarray, batch: Batch) -> bool:
+        """Run one host batch; False on out-of-memory (the batch size is then halved, down to one)."""
         try:
-            self.launch(lo, table, rows)
+            self.launch(lo, batch)
             self.fetch(keep=self.in_flight)
-            return len(rows)
+            return True
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -164,22 +221,19 @@ class _Run:
         self.fetch()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        if len(rows) == 1:
-            where = lo + int(table.rows[rows[0]])
-            self.errors[where] = f"out of memory on a batch of one ({table.lengths[rows[0]]} tokens) on {self.device}"
-            return 1
-        self.size = max(1, len(rows) // 2)
-        log.warning(
-            "out of memory on %s with %d strings in a batch; halving it to %d", self.device, len(rows), self.size
-        )
-        return 0
+        if len(rows) > 1:
+            self.size = max(1, len(rows) // 2)
+            log.warning(
+                "out of memory on %s with %d strings in a batch; halving it to %d", self.device, len(rows), self.size
+            )
+        return False
 
-    def launch(self, lo: int, table: TokenTable, rows: np.ndarray) -> None:
-        """Queue the model on rows `rows` of `table`; the outputs join `pending`."""
-        batch = table.padded(rows, self.device)
+    def launch(self, lo: int, host: Batch) -> None:
+        """Queue the model on a host batch; its outputs join `pending`."""
+        batch = host.to(self.device)
         with self.autocast:
             result = self.model.predict(batch)
         theta = result["debye_temperature"].float()
         result["cv_300K"] = debye_cv(theta, torch.tensor(CV_REPORT_TEMPERATURE, device=theta.device))
         result["cv_300K_std"] = result["cv_305K_std"]
-        self.pending.append((lo + batch.rows, torch.stack([result[c].float() for c in self.columns], 1)))
+        self.pending.append((lo + host.rows, torch.stack([result[c].float() for c in self.columns], 1)))

@@ -132,6 +132,13 @@ class Batch:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
+    def to(self, device: torch.device | str) -> Batch:
+        """This batch on `device` (itself when already there); copies from page-locked memory are asynchronous."""
+        if self.ids.device == torch.device(device):
+            return self
+        tensors = (t.to(device, non_blocking=True) for t in (self.ids, self.segments, self.values, self.mask))
+        return Batch(*tensors, self.rows, self.unknown, self.too_long)
+
     def select(self, index: torch.Tensor, device: torch.device | str = "cpu") -> Batch:
         """Rows `index` (a CPU tensor), trimmed to their longest member and moved to `device`.
 
@@ -195,9 +202,9 @@ class TokenTable:
         """(B,) tokens per row, [CLS] included."""
         return np.diff(self.offsets)
 
-    def padded(self, index: np.ndarray | None = None, device: torch.device | str = "cpu") -> Batch:
-        """Rows `index` (all when None) as a Batch padded to their longest row, on `device` (page-locked and
-        copied asynchronously for CUDA, so the host can build the next batch while this one travels)."""
+    def padded(self, index: np.ndarray | None = None, device: torch.device | str = "cpu", pin: bool = False) -> Batch:
+        """Rows `index` (all when None) as a Batch padded to their longest row, on `device`. `pin`: in page-locked
+        host memory, so that a later `Batch.to("cuda")` copies asynchronously."""
         index = np.arange(len(self.rows)) if index is None else np.asarray(index, dtype=np.int64)
         lengths = self.lengths[index]
         b, width = len(index), int(lengths.max()) if len(index) else 1
@@ -205,16 +212,16 @@ class TokenTable:
         position = np.arange(len(row_of)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         source = np.repeat(self.offsets[index], lengths) + position  # (t,) index into the flat arrays
         flat = row_of * width + position
-        pin = torch.device(device).type == "cuda"
         tensors = []
         for values, dtype in ((self.ids, np.int64), (self.segments, np.int64), (self.values, np.float32)):
             out = np.zeros(b * width, dtype=dtype)
             out[flat] = values[source]
             tensors.append(torch.from_numpy(out.reshape(b, width)))
         tensors.append(torch.from_numpy(np.arange(width)[None, :] < lengths[:, None]))
-        if pin or torch.device(device).type != "cpu":
-            tensors = [(t.pin_memory() if pin else t).to(device, non_blocking=True) for t in tensors]
-        return Batch(*tensors, self.rows[index], self.unknown if b == len(self.rows) else None, None)
+        if pin:
+            tensors = [t.pin_memory() for t in tensors]
+        batch = Batch(*tensors, self.rows[index], self.unknown if b == len(self.rows) else None, None)
+        return batch.to(device)
 
 
 def token_table(strings: Sequence[str] | pl.Series, max_length: int = 256) -> TokenTable:

@@ -12,10 +12,10 @@ import torch
 from cloud_core.bundle import BundleError, load_bundle, save_bundle
 from cloud_core.encode import EncodeSettings, encode_structures
 from cloud_core.inference import model_lengths, predict_strings
-from cloud_core.model import CloudModel, ModelConfig, slot_layout
+from cloud_core.model import CloudModel, ModelConfig, slot_counts, slot_layout
 from cloud_core.prototypes import generate_candidates
 from cloud_core.structures import _element_symbols
-from cloud_core.tokenizer import CLS, MASK, UNK, decode, tokenize, vocabulary, vocabulary_hash
+from cloud_core.tokenizer import CLS, MASK, UNK, decode, token_table, tokenize, vocabulary, vocabulary_hash
 from tests.conftest import shared_file
 
 AL2O3 = "1 3 a E C C n O O O e O O D 0 | 12c 18e | Al 0.4 O 0.6"
@@ -173,6 +173,58 @@ def test_pair_pooling_gives_one_slot_per_orbit_and_per_element(pair_model, small
     assert [tokens[i] for i in source[0, 2:].tolist()] == ["|", "1a", "3d", "|", "Ba", "Sr", "O"]  # first tokens
     assert source[1, -1] == -1  # the shorter string's padding slot comes from no token
     assert (model_lengths(pair_model, batch) == n_slots.numpy()).all()
+
+
+@pytest.mark.parametrize(
+    "config", [{}, {"pool_pairs": True}, {"pool_generators": False}, {"pool_generators": False, "pool_pairs": True}]
+)
+def test_token_table_batches_and_slot_counts_match_the_padded_tokenization(config, prototype_scopes):
+    """Inference cuts batches out of the unpadded TokenTable: each batch holds exactly the padded tokenization's
+    rows (trimmed to their longest), and the slot counts it sorts by are slot_layout's."""
+    model = spread_model(**config)
+    scopes = [MIXED_SITE, "", *prototype_scopes["detailed"][:40], "1 3 | 12c | Xx 1.0", AL2O3 + " Fe 0.1" * 200]
+    table, whole = token_table(scopes, max_length=64), tokenize(scopes, max_length=64)
+    assert (table.rows == whole.rows).all() and (table.too_long == whole.too_long).all()
+    assert (table.unknown == whole.unknown).all() and table.unknown[-2] == 1
+    assert (slot_counts(table, model.config) == slot_layout(whole, model.config)[2].numpy()).all()
+    index = np.array([5, 0, 17, 2])
+    part = table.padded(index)
+    width = int(whole.mask[index].sum(1).max())
+    assert part.ids.shape == (4, width) and (part.rows == whole.rows[index]).all()
+    for name in ("ids", "segments", "values", "mask"):
+        assert torch.equal(getattr(part, name), getattr(whole, name)[index, :width]), name
+
+
+def test_prediction_in_pieces_equals_one_piece(monkeypatch, prototype_scopes):
+    """predict_strings prepares pieces of strings on threads ahead of the model: cut into pieces of 16 (and
+    out-of-memory halving that re-cuts pieces already prepared), the answers and refusals are those of one piece."""
+    import cloud_core.inference as inference
+
+    bundle = load_bundle("default")
+    strings = prototype_scopes["detailed"][:60]
+    strings[3:3], strings[30:30] = [None, "1 3 | 12c | Xx 1.0"], [AL2O3 + " Fe 0.1" * 200]
+    whole = predict_strings(bundle.model, strings)
+    monkeypatch.setattr(inference, "TOKENIZE_CHUNK", 16)
+    monkeypatch.setattr(inference, "TOKENIZE_THREADS", 3)
+    pieces = predict_strings(bundle.model, strings)
+    real_predict, sizes = bundle.model.predict, []
+
+    def predict(batch):  # 'out of memory' above 4 strings: pieces prepared with larger batches are re-cut
+        sizes.append(len(batch.rows))
+        if len(batch.rows) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        return real_predict(batch)
+
+    monkeypatch.setattr(bundle.model, "predict", predict)
+    halved = predict_strings(bundle.model, strings, batch_size=16)
+    # Two failures (the first batch and its half), then none: pieces prepared with 16 were cut again, smaller.
+    failed = [i for i, size in enumerate(sizes) if size > 4]
+    assert len(failed) == 2 and failed[1] == 1 and len(sizes) > 20
+    assert whole["error"].null_count() == len(strings) - 3
+    for frame in (pieces, halved):
+        assert frame["error"].to_list() == whole["error"].to_list()
+        for column in whole.columns[:-1]:
+            np.testing.assert_allclose(frame[column].to_numpy(), whole[column].to_numpy(), rtol=1e-5, atol=1e-6)
 
 
 @torch.no_grad()
