@@ -176,3 +176,15 @@ def test_the_workers_are_topped_up_before_a_frame_is_handed_over():
             ahead.append(taken // 4 - frames)  # chunks read but not yet handed over
     assert ahead[0] >= 2  # the frame's chunk was followed by 2 more before it was handed over
     assert max(ahead) <= 4 and ahead[-1] == 0
+
+
+def test_frames_are_gathered_into_calls_of_at_least_the_asked_rows():
+    """On a GPU the pipeline predicts several encoded chunks per call; rows and their order are kept."""
+    from cloud_core.pipeline import _gathered
+
+    rows = {i: [f"{i}:{j}" for j in range(n)] for i, n in enumerate((3, 3, 3, 1, 0, 2))}
+    frames = [pl.DataFrame({"id": ids}, schema={"id": pl.String}) for ids in rows.values()]
+    gathered = list(_gathered(iter(frames), 5))
+    assert [f.height for f in gathered] == [6, 6]
+    assert pl.concat(gathered).equals(pl.concat(frames))
+    assert [f.height for f in _gathered(iter(frames), 1)] == [3, 3, 3, 1, 2]  # the CPU: one call per chunk, as read
