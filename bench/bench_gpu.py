@@ -112,6 +112,36 @@ def bench_infer(
             row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
             rows.append(row)
             print(f"infer batch {batch_size} min tokens {tokens}: {len(strings) / row['seconds']:,.0f} /s", flush=True)
+    rows += bench_fresh_shapes(model, strings, device, batch_sizes[-1], min_tokens[-1])
+    return rows
+
+
+def bench_fresh_shapes(model, strings: list[str], device, batch_size: int, tokens: int) -> list[dict]:
+    """predict_strings on slices of 8,192 strings never seen before, so every batch has a new shape (as in a
+    pipeline): with the attention kernels inference picks (CUDA_ATTENTION), and with torch's own choice."""
+    import torch
+
+    import cloud_core.inference as inference
+
+    chosen, rows, slices = inference.CUDA_ATTENTION, [], 8
+    for k, (name, kernels) in enumerate((("torch's own choice", None), ("inference.CUDA_ATTENTION", chosen))):
+        inference.CUDA_ATTENTION = kernels
+        part = strings[k * slices * 8192 : (k + 1) * slices * 8192]  # disjoint from the other setting's
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        started = time.perf_counter()
+        for i in range(0, len(part), 8192):
+            inference.predict_strings(model, part[i : i + 8192], device, batch_size, tokens)
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        seconds = time.perf_counter() - started
+        rows.append(
+            {
+                "what": f"predict_strings on fresh 8,192-string slices, attention: {name}",
+                "n": len(part),
+                "seconds": seconds,
+            }
+        )
+        print(f"fresh shapes, {name}: {len(part) / seconds:,.0f} /s", flush=True)
+    inference.CUDA_ATTENTION = chosen
     return rows
 
 

@@ -15,6 +15,8 @@ not fit even alone is an error row. Outputs that are NaN or inf are error rows t
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import logging
 from collections import deque
@@ -37,6 +39,9 @@ CV_REPORT_TEMPERATURE = 300.0  # K: `cv_300K`, the heat capacity every predictio
 # guess until measured on a GPU.
 PADDING_SLACK = 0.1
 MIN_BATCH_TOKENS = {"cpu": 2048, "cuda": 32768}
+# Attention kernels on CUDA: cuDNN's (which torch may pick) builds a plan for every new (batch, length) shape,
+# and inference batches rarely repeat a shape; the flash and memory-efficient kernels need no plan.
+CUDA_ATTENTION: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 # Strings tokenized (and sorted by length) together, and the threads that tokenize pieces ahead of the model:
 # a piece of 65,536 detailed strings takes ~0.4 s on one core, so the model of a GPU outruns one thread.
 TOKENIZE_CHUNK = 65536
@@ -152,6 +157,11 @@ class _Run:
         self.in_flight = 1 if device.type == "cuda" else 0  # batches left running while the next one is built
         cuda = device.type == "cuda"
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+        self.attention = contextlib.nullcontext
+        if cuda and CUDA_ATTENTION:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            self.attention = functools.partial(sdpa_kernel, [getattr(SDPBackend, name) for name in CUDA_ATTENTION])
 
     def prepare(self, lo: int, strings: pl.Series, present: np.ndarray) -> _Piece:
         """Tokenize, sort and cut one piece into padded host batches (runs on a preparing thread)."""
@@ -231,7 +241,7 @@ class _Run:
     def launch(self, lo: int, host: Batch) -> None:
         """Queue the model on a host batch; its outputs join `pending`."""
         batch = host.to(self.device)
-        with self.autocast:
+        with self.autocast, self.attention():
             result = self.model.predict(batch)
         theta = result["debye_temperature"].float()
         result["cv_300K"] = debye_cv(theta, torch.tensor(CV_REPORT_TEMPERATURE, device=theta.device))
