@@ -35,10 +35,12 @@ from cloud_core.tokenizer import Batch, TokenTable, token_table
 CV_REPORT_TEMPERATURE = 300.0  # K: `cv_300K`, the heat capacity every prediction table carries
 # Batching (see the module docstring): padded tokens at most (1 + PADDING_SLACK) x real tokens, unless the batch
 # is below MIN_BATCH_TOKENS padded tokens (where per-batch overhead matters more than padding). Measured on the
-# 2-core CPU (bench/bench_inference.py); the CUDA value keeps the common strings in one large batch and is a
-# guess until measured on a GPU.
+# 2-core CPU (bench/bench_inference.py) and on an H200 (bench/bench_gpu.py).
 PADDING_SLACK = 0.1
-MIN_BATCH_TOKENS = {"cpu": 2048, "cuda": 32768}
+MIN_BATCH_TOKENS = {"cpu": 2048, "cuda": 524288}
+# Strings per batch at most, unless the caller says: on the H200, 16,384 strings with 524,288 minimum tokens
+# ran 203,000-209,000 strings/s against 151,000-168,000 for 2,048-4,096 with 32,768-131,072 (bench/bench_gpu.py).
+DEFAULT_BATCH_SIZE = {"cpu": 2048, "cuda": 16384}
 # Attention kernels on CUDA: cuDNN's (which torch may pick) builds a plan for every new (batch, length) shape,
 # and inference batches rarely repeat a shape; the flash and memory-efficient kernels need no plan.
 CUDA_ATTENTION: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
@@ -86,13 +88,13 @@ def predict_strings(
     model: CloudModel,
     scopes: Sequence[str | None],
     device: torch.device | str = "cpu",
-    batch_size: int = 2048,
+    batch_size: int | None = None,
     min_batch_tokens: int | None = None,
 ) -> pl.DataFrame:
     """One row per input string: prediction columns (physical units) and `error` (null when predicted).
 
     `min_batch_tokens`: below this many padded tokens a batch grows whatever its padding (default by device
-    type, MIN_BATCH_TOKENS); `batch_size` caps the strings per batch.
+    type, MIN_BATCH_TOKENS); `batch_size` caps the strings per batch (default by device type, DEFAULT_BATCH_SIZE).
 
     The host work runs ahead of the model on a few threads (polars and numpy release the interpreter lock):
     pieces of TOKENIZE_CHUNK strings are tokenized, sorted by length, cut into batches and padded there, at
@@ -101,6 +103,8 @@ def predict_strings(
     device = torch.device(device)
     if min_batch_tokens is None:
         min_batch_tokens = MIN_BATCH_TOKENS.get(device.type, MIN_BATCH_TOKENS["cuda"])
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE["cuda"])
     model.eval()
     n = len(scopes)
     strings = pl.Series("scope", scopes, dtype=pl.String)

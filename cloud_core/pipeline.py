@@ -36,7 +36,9 @@ PREDICT_CHUNK = 512  # structures per encoder task: small enough that the last c
 GPU_PREDICT_ROWS = 8192
 
 
-def predict_frame(bundle: Bundle, encoded: pl.DataFrame, device: torch.device, batch_size: int = 2048) -> pl.DataFrame:
+def predict_frame(
+    bundle: Bundle, encoded: pl.DataFrame, device: torch.device, batch_size: int | None = None
+) -> pl.DataFrame:
     """Predictions for one encoded chunk; an encoding error is kept, an inference error is added."""
     from cloud_core.inference import predict_strings
 
@@ -74,7 +76,7 @@ def predict_files(
     device: str,
     settings: EncodeSettings,
     workers: int = 1,
-    batch_size: int = 2048,
+    batch_size: int | None = None,
     progress: bool = False,
     chunk_size: int = PREDICT_CHUNK,
 ) -> dict[str, int]:
@@ -95,7 +97,7 @@ def predict_raw(
     device: str,
     settings: EncodeSettings,
     workers: int = 1,
-    batch_size: int = 2048,
+    batch_size: int | None = None,
     progress: bool = False,
     chunk_size: int = PREDICT_CHUNK,
 ) -> dict[str, int]:

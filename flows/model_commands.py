@@ -19,7 +19,9 @@ def predict(
     model: Annotated[str, typer.Option(help="Model bundle: a shipped name (default) or a folder.")] = "default",
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
     workers: Annotated[int, typer.Option(help="Encoder processes; 0 means all cores.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Strings per inference batch.")] = 2048,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Strings per inference batch at most; unset: 2048 on CPU, 16384 on CUDA.")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:
     """Predict properties, Debye temperature and Cv(300 K) for crystal structures: one row per structure."""
