@@ -1,12 +1,13 @@
 """Batched inference: SCOPE strings in, property predictions with uncertainties out (a polars table).
 
-Strings are sorted by the length the model sees (tokens after the generator code is pooled into one) and cut
-into batches that pad only to their own longest string: a batch takes at most `batch_size` strings and grows
-only while its padded tokens stay within `PADDING_SLACK` of its real ones (or below `min_batch_tokens`), so
-the long tail of SCOPE strings (detailed strings of large cells run to ~190 tokens, the median is ~20) gets
-batches of its own instead of widening a batch of short strings. The output keeps the input order. A string
-the model cannot take (tokens outside the vocabulary, longer than the model's context) gets a null prediction
-and an `error` reason; the batch goes on.
+Strings are sorted by the length the model sees (tokens after the generator code is pooled into one; within
+pieces of TOKENIZE_CHUNK strings, prepared on threads ahead of the model) and cut into batches that pad only
+to their own longest string: a batch takes at most `batch_size` strings and grows only while its padded
+tokens stay within `PADDING_SLACK` of its real ones (or below `min_batch_tokens`), so the long tail of SCOPE
+strings (detailed strings of large cells run to ~190 tokens, the median is ~20) gets batches of its own
+instead of widening a batch of short strings. The output keeps the input order. A string the model cannot take
+(tokens outside the vocabulary, longer than the model's context) gets a null prediction and an `error` reason;
+the batch goes on.
 
 Out of memory (CUDA's `torch.OutOfMemoryError`, or an allocator's "out of memory" error): the batch is halved
 and tried again, and the rest of the call keeps the smaller size (strings come longest last); a string that does
@@ -42,7 +43,8 @@ MIN_BATCH_TOKENS = {"cpu": 2048, "cuda": 524288}
 # ran 203,000-209,000 strings/s against 151,000-168,000 for 2,048-4,096 with 32,768-131,072 (bench/bench_gpu.py).
 DEFAULT_BATCH_SIZE = {"cpu": 2048, "cuda": 16384}
 # Attention kernels on CUDA: cuDNN's (which torch may pick) builds a plan for every new (batch, length) shape,
-# and inference batches rarely repeat a shape; the flash and memory-efficient kernels need no plan.
+# and inference batches rarely repeat a shape; the flash and memory-efficient kernels need no plan (H200, fresh
+# shapes: 10,238 strings/s with torch's choice, 62,972 with these; bench/bench_gpu.py).
 CUDA_ATTENTION: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 # Strings tokenized (and sorted by length) together, and the threads that tokenize pieces ahead of the model:
 # a piece of 65,536 detailed strings takes ~0.4 s on one core, so the model of a GPU outruns one thread.
