@@ -220,8 +220,7 @@ class TokenTable:
         tensors.append(torch.from_numpy(np.arange(width)[None, :] < lengths[:, None]))
         if pin:
             tensors = [t.pin_memory() for t in tensors]
-        batch = Batch(*tensors, self.rows[index], self.unknown if b == len(self.rows) else None, None)
-        return batch.to(device)
+        return Batch(*tensors, self.rows[index], None, None).to(device)
 
 
 def token_table(strings: Sequence[str] | pl.Series, max_length: int = 256) -> TokenTable:
