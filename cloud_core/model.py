@@ -232,14 +232,9 @@ def slot_layout(batch: Batch, config: ModelConfig) -> tuple[torch.Tensor, torch.
     an amount in the composition segment join the slot of the token before them.
     """
     ids, segments, mask = batch.ids, batch.segments, batch.mask
-    first, count = generator_id_range()
-    is_gen = mask & (segments == 0) & (ids >= first) & (ids < first + count) if config.pool_generators else mask & False
-    starts = mask & ~is_gen
-    if config.pool_pairs:
-        (element, n_elements), (amount, n_amounts) = element_id_range(), amount_id_range()
-        on_orbit = (segments == 1) & (((ids >= element) & (ids < element + n_elements)) | (ids == MIXED_ID))
-        amount_of = (segments == 2) & (ids >= amount) & (ids < amount + n_amounts)
-        starts &= ~(on_orbit | amount_of)
+    is_gen, joins = _pooled_tokens(ids, segments, config)
+    is_gen = mask & is_gen
+    starts = mask & ~is_gen & ~joins
     rank = starts.cumsum(1) - 1  # slot among the non-generator slots; joining tokens share their start's
     n_slots = starts.sum(1)
     if config.pool_generators:
@@ -250,17 +245,27 @@ def slot_layout(batch: Batch, config: ModelConfig) -> tuple[torch.Tensor, torch.
 
 def slot_counts(table: TokenTable, config: ModelConfig) -> np.ndarray:
     """`slot_layout`'s slots per row (B,), from the unpadded table (to sort strings before any batch is padded)."""
-    ids, segments = table.ids, table.segments
-    starts = np.ones(len(ids), dtype=bool)
+    is_gen, joins = _pooled_tokens(table.ids, table.segments, config)
+    row = np.repeat(np.arange(len(table)), table.lengths)
+    starts = ~is_gen & ~joins
+    return np.bincount(row, weights=starts, minlength=len(table)).astype(np.int64) + int(config.pool_generators)
+
+
+def _pooled_tokens(ids, segments, config: ModelConfig):
+    """Which tokens share a slot (numpy arrays or torch tensors alike, any shape): generator characters, pooled
+    into the code's slot (with `pool_generators`), and the tokens that join the slot of the token before them
+    (with `pool_pairs`: an element or `+` in the Wyckoff segment, an amount in the composition segment)."""
+    none = ids != ids  # all False, of the input's kind and shape
+    is_gen = none
     if config.pool_generators:
         first, count = generator_id_range()
-        starts &= ~((segments == 0) & (ids >= first) & (ids < first + count))
+        is_gen = (segments == 0) & (ids >= first) & (ids < first + count)
+    joins = none
     if config.pool_pairs:
         (element, n_elements), (amount, n_amounts) = element_id_range(), amount_id_range()
         on_orbit = (segments == 1) & (((ids >= element) & (ids < element + n_elements)) | (ids == MIXED_ID))
-        starts &= ~(on_orbit | ((segments == 2) & (ids >= amount) & (ids < amount + n_amounts)))
-    row = np.repeat(np.arange(len(table)), table.lengths)
-    return np.bincount(row, weights=starts, minlength=len(table)).astype(np.int64) + int(config.pool_generators)
+        joins = on_orbit | ((segments == 2) & (ids >= amount) & (ids < amount + n_amounts))
+    return is_gen, joins
 
 
 class MaskedLMHead(nn.Module):
