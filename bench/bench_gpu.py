@@ -88,7 +88,6 @@ def bench_infer(
     from cloud_core.tokenizer import token_table
 
     device = torch.device(device_name)
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     model = load_bundle("default", device).model
     rows = []
     started = time.perf_counter()
@@ -101,10 +100,10 @@ def bench_infer(
             predict_strings(model, strings[:20000], device, batch_size, tokens)  # warm-up (kernels, allocator)
             times = []
             for _ in range(passes):
-                sync()
+                synchronize(device)
                 started = time.perf_counter()
                 frame = predict_strings(model, strings, device, batch_size, tokens)
-                sync()
+                synchronize(device)
                 times.append(time.perf_counter() - started)
             errors = int(frame["error"].is_not_null().sum())
             row = {"what": "predict_strings", "batch_size": batch_size, "min_batch_tokens": tokens}
@@ -116,10 +115,17 @@ def bench_infer(
     return rows
 
 
+def synchronize(device) -> None:
+    """Wait for the device's queued work (CUDA), so a host clock times it."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def bench_fresh_shapes(model, strings: list[str], device, batch_size: int, tokens: int) -> list[dict]:
     """predict_strings on slices of 8,192 strings never seen before, so every batch has a new shape (as in a
     pipeline): with the attention kernels inference picks (CUDA_ATTENTION), and with torch's own choice."""
-    import torch
 
     import cloud_core.inference as inference
 
@@ -127,11 +133,11 @@ def bench_fresh_shapes(model, strings: list[str], device, batch_size: int, token
     for k, (name, kernels) in enumerate((("torch's own choice", None), ("inference.CUDA_ATTENTION", chosen))):
         inference.CUDA_ATTENTION = kernels
         part = strings[k * slices * 8192 : (k + 1) * slices * 8192]  # disjoint from the other setting's
-        torch.cuda.synchronize() if device.type == "cuda" else None
+        synchronize(device)
         started = time.perf_counter()
         for i in range(0, len(part), 8192):
             inference.predict_strings(model, part[i : i + 8192], device, batch_size, tokens)
-        torch.cuda.synchronize() if device.type == "cuda" else None
+        synchronize(device)
         seconds = time.perf_counter() - started
         rows.append(
             {

@@ -110,8 +110,7 @@ def predict_strings(
     model.eval()
     n = len(scopes)
     strings = pl.Series("scope", scopes, dtype=pl.String)
-    run = _Run(model, device, batch_size, min_batch_tokens, n)
-    run.errors = ["no SCOPE string" if s is None else None for s in scopes]
+    run = _Run(model, device, batch_size, min_batch_tokens, scopes)
     present = strings.is_not_null().to_numpy()
     pieces = iter(range(0, n, TOKENIZE_CHUNK))
     threads = max(1, min(-(-n // TOKENIZE_CHUNK), TOKENIZE_THREADS))
@@ -154,14 +153,16 @@ class _Run:
     """The state of one predict_strings call: outputs, errors, the batch size (halved on out-of-memory) and the
     batches whose outputs are still on the device."""
 
-    def __init__(self, model: CloudModel, device: torch.device, batch_size: int, min_batch_tokens: int, n: int):
+    def __init__(
+        self, model: CloudModel, device: torch.device, batch_size: int, min_batch_tokens: int, scopes: Sequence
+    ):
         self.model, self.device, self.size, self.min_batch_tokens = model, device, max(1, batch_size), min_batch_tokens
         self.columns = prediction_columns(model)
-        self.out = np.full((n, len(self.columns)), np.nan, dtype=np.float64)
-        self.errors: list[str | None] = [None] * n
+        self.out = np.full((len(scopes), len(self.columns)), np.nan, dtype=np.float64)
+        self.errors: list[str | None] = ["no SCOPE string" if s is None else None for s in scopes]
         self.pending: list[tuple[np.ndarray, torch.Tensor]] = []  # (input rows, outputs on the device)
-        self.in_flight = 1 if device.type == "cuda" else 0  # batches left running while the next one is built
         cuda = device.type == "cuda"
+        self.in_flight = 1 if cuda else 0  # batches left running while the next one is built
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
         self.attention = contextlib.nullcontext
         if cuda and CUDA_ATTENTION:
