@@ -171,6 +171,11 @@ def _triple_product(a: list[float], b: list[float], c: list[float]) -> float:
     return a[0] * bc[0] + a[1] * bc[1] + a[2] * bc[2]
 
 
+try:  # the encoder's hot loops in C (cloud_core/_kernels.c), built by pip install where a compiler is present
+    from cloud_core import _kernels as kernels
+except ImportError:  # not built: the numpy versions, same answers
+    kernels = None
+
 # The 27 lattice shifts (-1, 0, 1)^3 in the order the image index uses: image s holds shift SHIFTS[s],
 # SHIFTS[13] is the central cell.
 _SHIFTS = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], float)
@@ -201,7 +206,6 @@ def _check_no_overlaps(crystal: Crystal, volume: float | None = None) -> None:
     if n > _DENSE_OVERLAP_LARGE_SITES:  # n x n arrays would take GBs (and seconds): the KD-tree takes ~0.1 s
         _check_no_overlaps_kdtree(crystal)
         return
-    frac = crystal.frac_coords - np.floor(crystal.frac_coords)
     a, b, c = lattice.tolist()
     if volume is None:
         volume = abs(_triple_product(a, b, c))
@@ -211,12 +215,21 @@ def _check_no_overlaps(crystal: Crystal, volume: float | None = None) -> None:
         * (MIN_ATOM_DISTANCE / volume * (1 + 1e-9))
         + 1e-12
     )
+    frac = crystal.frac_coords
     if not (bound < 0.5).all():  # a cell thinner than about 1 Å: test every image
         if n > _DENSE_OVERLAP_MAX_SITES:
             _check_no_overlaps_kdtree(crystal)
         else:
-            _check_no_overlaps_dense(frac @ lattice, lattice)
+            _check_no_overlaps_dense((frac - np.floor(frac)) @ lattice, lattice)
         return
+    if kernels is not None and not kernels.overlap_candidate(
+        np.ascontiguousarray(frac, dtype=np.float64),
+        np.ascontiguousarray(lattice, dtype=np.float64),
+        bound,
+        MIN_ATOM_DISTANCE,
+    ):
+        return  # the C filter's False is exact (see cloud_core/_kernels.c); True: the test below finds the pair
+    frac = frac - np.floor(frac)
     columns = np.ascontiguousarray(frac.T)  # axis first: n x n arrays per axis, no reduction over a short axis
     delta = columns[:, None, :] - columns[:, :, None]  # [k, i, j] = frac_jk - frac_ik, in (-1, 1)
     shift = -np.round(delta)

@@ -46,7 +46,7 @@ from typing import Literal
 
 import numpy as np
 
-from cloud_core.structures import Crystal, StructureError
+from cloud_core.structures import Crystal, StructureError, kernels
 
 Backend = Literal["spglib", "moyopy"]
 
@@ -347,13 +347,33 @@ def _lattice_rotations(basis: np.ndarray, length_tolerance: float, at_most: int 
 
 
 _NO_TRIPLES = np.empty((0, 3), dtype=np.int64)
+
 _IDENTITY = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
 
 
 def _missed_rotation(dataset, lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray, symprec: float) -> bool:
     """Does a lattice rotation that moyopy did not report map every atom near an atom of the same kind?"""
-    rotations = dataset.operations.rotations
-    # moyopy's operations form a group; its distinct rotations are the operations over the pure translations.
+    rotations = dataset.operations.rotations  # input basis: on supercells, only those integer in it
+    if kernels is None or len(frac) > C_GUARD_MAX_SITES:
+        return _missed_rotation_numpy(rotations, lattice, frac, numbers, symprec)
+    return kernels.missed_rotation(
+        np.ascontiguousarray(lattice, dtype=np.float64),
+        np.ascontiguousarray(frac, dtype=np.float64),
+        np.ascontiguousarray(numbers, dtype=np.int32),
+        np.fromiter(chain.from_iterable(chain.from_iterable(rotations)), np.int64, 9 * len(rotations)),
+        _LATTICE_LENGTH_TOLERANCE * symprec,
+        _LATTICE_ANGLE_TOLERANCE,
+        BORDERLINE_EXTRA_MAPPING * symprec,
+    )
+
+
+def _missed_rotation_numpy(
+    rotations: list, lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray, symprec: float
+) -> bool:
+    """_missed_rotation given moyopy's rotations (input basis, nested lists), in numpy: the reference for
+    cloud_core/_kernels.c, and what runs where that is not built or the cell is large (the KD-tree keeps the
+    atom-mapping test fast on thousands of sites)."""
+    # moyopy's operations form a group; its distinct rotations are the operations over pure translations.
     n_found = len(rotations) // sum(1 for r in rotations if r == _IDENTITY)
     if n_found == 48:
         # m-3m, the largest point group a lattice can have, and moyopy found all of it. A cubic lattice's loose
@@ -421,6 +441,10 @@ def _missed_rotation(dataset, lattice: np.ndarray, frac: np.ndarray, numbers: np
             start, size = start + size, size * _BLOCK_GROWTH
     return True
 
+
+# Cells of up to this many sites take the C implementation of the test (an atom-by-atom search, fast on small
+# cells); larger ones the numpy one, whose KD-tree keeps thousands of sites fast.
+C_GUARD_MAX_SITES = 500
 
 # The mapping test's blocks: 4 atoms first, then 4 times as many each time, and at most this many
 # (operation, atom, atom) distances in one array (memory stays small on 2,000-site cells). Where even one

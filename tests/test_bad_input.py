@@ -115,6 +115,40 @@ def test_overlap_across_the_cell_boundary():
     assert_error(encode_one(crystal), "overlapping atoms", "0.010")
 
 
+def test_overlap_filter_in_c_matches_numpy(monkeypatch):
+    """The C filter in front of the overlap test changes no answer: 4,000 random cells, most with one pair of
+    atoms placed 0.45-0.55 Å apart (the limit is 0.5 Å), some of them across the cell boundary, checked with
+    the filter and without it (numpy alone): the same error message, or none, for every cell."""
+    from cloud_core import structures
+
+    assert structures.kernels is not None
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for _ in range(4000):
+        n = int(rng.integers(1, 40))
+        lattice = rng.normal(size=(3, 3)) * 0.6 + np.diag(rng.uniform(2.5, 7, 3))
+        frac = rng.uniform(-1, 2, (n, 3))
+        if n > 1 and rng.random() < 0.7:
+            i, j = rng.integers(n, size=2)
+            step = rng.normal(size=3)
+            step *= rng.uniform(0.45, 0.55) / np.linalg.norm(step)
+            frac[j] = frac[i] + np.linalg.solve(lattice.T, step) + rng.integers(-1, 2, 3)
+        crystal = Crystal(lattice, frac, [(("Na", 1.0),)] * n)
+        pair = []
+        for kernels in (structures.kernels, None):
+            monkeypatch.setattr(structures, "kernels", kernels)
+            try:
+                structures._check_no_overlaps(crystal)
+                pair.append(None)
+            except structures.StructureError as exc:
+                pair.append(str(exc))
+        monkeypatch.undo()
+        outcomes.append(pair)
+    assert all(with_c == without for with_c, without in outcomes)
+    overlapping = sum(without is not None for _, without in outcomes)
+    assert 0.2 * len(outcomes) < overlapping < 0.9 * len(outcomes), overlapping  # both answers exercised
+
+
 def test_empty_structure():
     assert_error(encode_one(Structure(Lattice.cubic(4), [], [])), "empty structure")
 

@@ -231,6 +231,52 @@ def test_guard_lattice_rotations_of_simple_lattices():
     assert np.allclose(np.sort(np.abs(basis).sum(axis=1)), [4, 4, 4])
 
 
+def test_c_kernels_are_built():
+    """pip install compiles cloud_core/_kernels.c; without it the encoder runs its numpy versions (slower, same
+    answers). The test suite must exercise the C code, so a missing build is a failure here."""
+    from cloud_core import structures
+
+    assert structures.kernels is not None, (
+        "cloud_core._kernels is not built: reinstall with a C compiler (pip install -e .)"
+    )
+
+
+def test_missed_rotation_in_c_matches_numpy():
+    """The guard's missed-rotation test in C gives the numpy implementation's answer on near-symmetric cells:
+    generated candidates with a strained lattice, shaken atoms, skewed bases and doubled cells, at two
+    tolerances (about 40 % of them have a missed rotation, so both answers are exercised)."""
+    import moyopy
+
+    from cloud_core.prototypes import select_prototypes
+    from cloud_core.symmetry import _missed_rotation, _missed_rotation_numpy
+
+    rng = np.random.default_rng(7)
+    answers = []
+    for name in select_prototypes(None):
+        for _, crystal in generate_candidates([name], max_count=3, seed=2):
+            for trial in range(6):
+                lattice, frac = crystal.lattice.copy(), crystal.frac_coords.copy()
+                if trial % 3 == 1:
+                    lattice = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1]]) @ lattice  # same lattice, skewed basis
+                if trial % 3 == 2:  # a doubled cell: supercell operations
+                    lattice = np.diag([2, 1, 1]) @ lattice
+                    frac = np.vstack([frac / [2, 1, 1], frac / [2, 1, 1] + [0.5, 0, 0]])
+                lattice = lattice @ (np.eye(3) + rng.normal(scale=rng.choice([0.0005, 0.002, 0.005]), size=(3, 3)))
+                noise = rng.normal(scale=rng.choice([0.0005, 0.002, 0.006]), size=frac.shape)
+                frac = frac + noise / np.linalg.norm(lattice, axis=1)
+                species = list(crystal.site_species) * (len(frac) // crystal.nsites)
+                numbers = Crystal(lattice, frac, species).kind_numbers()
+                for symprec in (0.01, 0.03):
+                    cell = moyopy.Cell(lattice.tolist(), frac.tolist(), numbers.tolist())
+                    dataset = moyopy.MoyoDataset(cell, symprec=symprec)
+                    c_answer = _missed_rotation(dataset, lattice, frac, numbers, symprec)
+                    numpy_answer = _missed_rotation_numpy(dataset.operations.rotations, lattice, frac, numbers, symprec)
+                    answers.append((c_answer, numpy_answer))
+    assert all(c == ref for c, ref in answers), [i for i, (c, ref) in enumerate(answers) if c != ref]
+    missed = sum(ref for _, ref in answers)
+    assert 0.2 * len(answers) < missed < 0.8 * len(answers), (missed, len(answers))
+
+
 # -- shipped pymatgen tables ----------------------------------------------------------------------------
 
 
