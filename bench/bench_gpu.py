@@ -72,7 +72,24 @@ def tiled(values: list[str], n: int, seed: int) -> list[str]:
 
 
 def raw_inputs(crystals: list[str], n: int) -> list[RawInput]:
-    return [RawInput(f"s{i}", "bench", "json", crystals[i % len(crystals)]) for i in range(n)]
+    """n structures from `crystals`, repeated as needed, each repeat with its origin shifted: no two inputs
+    share a geometry, so the encoder's cache of recent symmetry searches (which serves candidates generated
+    from one prototype) never answers here and every structure costs a full search."""
+    raws = []
+    for i in range(n):
+        repeat, index = divmod(i, len(crystals))
+        text = crystals[index] if not repeat else shifted_origin(crystals[index], repeat)
+        raws.append(RawInput(f"s{i}", "bench", "json", text))
+    return raws
+
+
+def shifted_origin(crystal_json: str, repeat: int) -> str:
+    """The same crystal with every fractional coordinate shifted by a vector that differs per repeat."""
+    data = json.loads(crystal_json)
+    shift = [(repeat * step) % 1.0 for step in (0.1234567, 0.2718282, 0.3141593)]
+    for site in data["sites"]:
+        site["abc"] = [round((x + s) % 1.0, 10) for x, s in zip(site["abc"], shift, strict=True)]
+    return json.dumps(data)
 
 
 # ----------------------------------------------------------------------------------------------- infer

@@ -15,6 +15,13 @@ if [ -d .whl ] && [ "$PY" = python3 ]; then
         && export PYTHONPATH=/tmp/site || exit 1
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+# The encoder's C kernels (pip install builds them; the tree is carried without build outputs). Without a
+# compiler the encoder runs their numpy versions: slower, same answers; the log says which.
+$PY -c "import sysconfig as s; print(s.get_paths()['include'] + ' ' + s.get_config_var('EXT_SUFFIX'))" | {
+    read -r include suffix
+    cc -O2 -ffp-contract=off -shared -fPIC -I"$include" cloud_core/_kernels.c -o "cloud_core/_kernels$suffix" \
+        && echo "C kernels built" || echo "C kernels NOT built: numpy fallback"
+}
 if [ -n "${SMALL:-}" ]; then  # dry run: the same steps, small
     GRID=(--n 20000 --sizes 1000,3000 --workers 1 --batch-sizes 2048 --min-tokens 32768 --passes 1)
     INFER=(--n 1024 --n-large 64 --batch-size 256 --threads 2 --passes 1)

@@ -39,6 +39,7 @@ import os
 import select
 import signal
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
 from itertools import chain
@@ -93,7 +94,26 @@ def find_symmetry(
     args = (crystal, backend, symprec, angle_tolerance, guard)
     if time_limit and crystal.nsites > TIME_LIMITED_MIN_SITES and hasattr(os, "fork"):
         return _search_in_child(args, time_limit)
-    return _search(*args)
+    if crystal.nsites > SEARCH_CACHE_MAX_SITES:
+        return _search(*args)
+    # The answer depends on the geometry and on which sites share a kind, not on the elements: candidates made
+    # by substituting elements into one prototype (the screen's generator) share a search.
+    key = (crystal.lattice.tobytes(), crystal.frac_coords.tobytes(), crystal.kind_numbers().tobytes(), args[1:])
+    found = _searched.get(key)
+    if found is None:
+        found = _searched[key] = _search(*args)
+        while len(_searched) > SEARCH_CACHE_SIZE:
+            _searched.popitem(last=False)  # the least recently used
+    else:
+        _searched.move_to_end(key)
+    return found
+
+
+# Symmetry of recently searched cells (per process), by exact geometry, site kinds and settings: the libraries
+# are deterministic, so a repeated search would give the same answer. Only successful searches of cells of
+# up to SEARCH_CACHE_MAX_SITES sites are kept (keys of at most ~2 kB: a few MB per process).
+SEARCH_CACHE_SIZE, SEARCH_CACHE_MAX_SITES = 4096, 64
+_searched: OrderedDict[tuple, Symmetry] = OrderedDict()
 
 
 def _search(crystal: Crystal, backend: Backend, symprec: float, angle_tolerance: float, guard: bool = True) -> Symmetry:

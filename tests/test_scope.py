@@ -231,6 +231,41 @@ def test_guard_lattice_rotations_of_simple_lattices():
     assert np.allclose(np.sort(np.abs(basis).sum(axis=1)), [4, 4, 4])
 
 
+def test_symmetry_search_is_shared_by_cells_that_differ_only_in_elements(rocksalt, monkeypatch):
+    """Substituting elements into one geometry (what the candidate generator does) repeats no search: the
+    answer is cached by geometry, site kinds and settings. Which sites share a kind is part of the key (NaCl
+    is Fm-3m, the same sites all sodium a simple cubic Pm-3m), and so are the settings; the cache is bounded."""
+    from cloud_core import symmetry
+
+    calls = []
+    search = symmetry._search
+
+    def counted(*args):
+        calls.append(args)
+        return search(*args)
+
+    monkeypatch.setattr(symmetry, "_search", counted)
+    monkeypatch.setattr(symmetry, "_searched", symmetry.OrderedDict())
+    salt = crystal_from_pymatgen(rocksalt)
+    swapped = Crystal(
+        salt.lattice.copy(),
+        salt.frac_coords.copy(),
+        [(("K" if el == "Na" else "Br", 1.0),) for ((el, _),) in salt.site_species],
+    )
+    sodium = Crystal(salt.lattice.copy(), salt.frac_coords.copy(), [(("Na", 1.0),)] * salt.nsites)
+    first = find_symmetry(salt, "moyopy")
+    assert find_symmetry(swapped, "moyopy") == first and len(calls) == 1  # KBr: served from the cache
+    assert find_symmetry(sodium, "moyopy").number == 221 != first.number == 225 and len(calls) == 2
+    find_symmetry(salt, "moyopy", symprec=0.1)
+    find_symmetry(salt, "spglib")
+    assert len(calls) == 4
+    monkeypatch.setattr(symmetry, "SEARCH_CACHE_SIZE", 2)
+    find_symmetry(salt, "moyopy", symprec=0.001)
+    assert len(symmetry._searched) == 2 and len(calls) == 5
+    find_symmetry(salt, "moyopy")  # evicted: searched again
+    assert len(calls) == 6
+
+
 def test_c_kernels_are_built():
     """pip install compiles cloud_core/_kernels.c; without it the encoder runs its numpy versions (slower, same
     answers). The test suite must exercise the C code, so a missing build is a failure here."""
