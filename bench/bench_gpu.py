@@ -20,6 +20,11 @@ CIF parser's time nor the shared data.
     python bench/bench_gpu.py --prepare .gpu/inputs.parquet
     python bench/bench_gpu.py --inputs .gpu/inputs.parquet [--n 262144] [--sizes 50000,300000] [--workers 15]
                               [--batch-sizes 1024,4096,16384] [--min-tokens 8192,32768,131072] [--json out.json]
+                              [--candidates]
+
+`--candidates` runs `e2e` and `encode` on the screen's generated candidates instead (made on the spot, no
+inputs needed): prototypes with elements substituted, whose symmetry searches the encoder's cache shares.
+mp37k structures are all distinct geometries (repeats get a shifted origin), the encoder's worst case.
 """
 
 from __future__ import annotations
@@ -81,6 +86,15 @@ def raw_inputs(crystals: list[str], n: int) -> list[RawInput]:
         text = crystals[index] if not repeat else shifted_origin(crystals[index], repeat)
         raws.append(RawInput(f"s{i}", "bench", "json", text))
     return raws
+
+
+def candidate_inputs(n: int) -> list[RawInput]:
+    """n candidates of the screen's built-in generator as crystal JSON (what the screen flow hands its encoder
+    workers): prototypes with elements substituted, so geometries repeat and the encoder's search cache serves
+    most of them, as it does in a screen."""
+    from cloud_core.prototypes import generate_candidates
+
+    return [RawInput(ident, "generated", "json", crystal_to_json(c)) for ident, c in generate_candidates(max_count=n)]
 
 
 def shifted_origin(crystal_json: str, repeat: int) -> str:
@@ -171,8 +185,8 @@ def bench_fresh_shapes(model, strings: list[str], device, batch_size: int, token
 # ----------------------------------------------------------------------------------------------- encode, e2e
 
 
-def bench_encode(crystals: list[str], n: int, workers: int, variant: str) -> dict:
-    raws = raw_inputs(crystals, n)
+def bench_encode(raws: list[RawInput], workers: int, variant: str) -> dict:
+    n = len(raws)
     started = time.perf_counter()
     rows = errors = 0
     for frame in encode_stream(raws, EncodeSettings(variant=variant), workers, chunk_size=512):  # type: ignore[arg-type]
@@ -180,10 +194,11 @@ def bench_encode(crystals: list[str], n: int, workers: int, variant: str) -> dic
         errors += int(frame["error"].is_not_null().sum())
     seconds = time.perf_counter() - started
     print(f"encode {n} with {workers} workers: {n / seconds:,.0f} /s", flush=True)
-    return {"what": f"encode_stream, {workers} workers", "n": rows, "errors": errors, "seconds": seconds}
+    what = f"encode_stream, {workers} workers, {raws[0].source} structures"
+    return {"what": what, "n": rows, "errors": errors, "seconds": seconds}
 
 
-def e2e_child(inputs: Path, n: int, workers: int, out: Path, device: str) -> None:
+def e2e_child(inputs: Path, n: int, workers: int, out: Path, device: str, candidates: bool) -> None:
     """One end-to-end run (this is the child process): prints a JSON line with rows and wall time."""
     started = time.perf_counter()
     import cloud_core.pipeline as pipeline
@@ -191,8 +206,10 @@ def e2e_child(inputs: Path, n: int, workers: int, out: Path, device: str) -> Non
     from cloud_core.pipeline import predict_raw
     from cloud_core.tables import TableWriter
 
-    crystals = pl.read_parquet(inputs, columns=["crystal"])["crystal"].to_list()
-    raws = raw_inputs(crystals, n)
+    if candidates:
+        raws = candidate_inputs(n)
+    else:
+        raws = raw_inputs(pl.read_parquet(inputs, columns=["crystal"])["crystal"].to_list(), n)
     ready = time.perf_counter()
     _, card = read_card("default")
     settings = EncodeSettings(variant=card.get("settings", {}).get("variant", "detailed"))
@@ -218,18 +235,20 @@ def e2e_child(inputs: Path, n: int, workers: int, out: Path, device: str) -> Non
     print(json.dumps({**counts, "written": written, "seconds": done - ready, "setup": ready - started, **spent}))
 
 
-def bench_e2e(inputs: Path, sizes: list[int], workers: int, device: str) -> list[dict]:
+def bench_e2e(inputs: Path, sizes: list[int], workers: int, device: str, candidates: bool) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             out = Path(tmp) / f"e2e_{n}.parquet"
             command = [sys.executable, __file__, "--e2e-child", str(n), "--inputs", str(inputs)]
             command += ["--workers", str(workers), "--out", str(out), "--device", device]
+            command += ["--candidates"] if candidates else []
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise SystemExit(f"end-to-end run of {n} failed:\n{result.stderr[-3000:]}")
             row = json.loads(result.stdout.strip().splitlines()[-1])
-            rows.append({"what": f"predict_raw end to end, {workers} workers", "n": n, **row})
+            what = f"predict_raw end to end, {workers} workers, {'generated' if candidates else 'mp37k'} structures"
+            rows.append({"what": what, "n": n, **row})
             print(f"e2e {n}: {n / row['seconds']:,.0f} /s (start-up included)", flush=True)
     return rows
 
@@ -247,6 +266,9 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: infer, encode, e2e")
     parser.add_argument("--device", default="cuda", help="cpu for a dry run of the script")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--candidates", action="store_true", help="end to end and encode-only on generated candidates, not mp37k"
+    )
     parser.add_argument("--e2e-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -254,17 +276,19 @@ def main() -> None:
         prepare(args.prepare, max(1, (os.cpu_count() or 2)))
         return
     if args.e2e_child:
-        e2e_child(args.inputs, args.e2e_child, args.workers, args.out, args.device)
+        e2e_child(args.inputs, args.e2e_child, args.workers, args.out, args.device, args.candidates)
         return
     skip = set(filter(None, args.skip.split(",")))
     sizes = [int(x) for x in args.sizes.split(",")]
-    table = pl.read_parquet(args.inputs)
+    needs_inputs = "infer" not in skip or not args.candidates  # generated candidates are made on the spot
+    table = pl.read_parquet(args.inputs) if needs_inputs else None
     results: dict[str, object] = {"command": "python bench/bench_gpu.py " + " ".join(sys.argv[1:])}
     results["machine"] = f"{platform.node()}, {os.cpu_count()} CPUs"
     if "e2e" not in skip:  # first: the encoder pool forks before this process has touched CUDA
-        results["e2e"] = bench_e2e(args.inputs, sizes, args.workers, args.device)
+        results["e2e"] = bench_e2e(args.inputs, sizes, args.workers, args.device, args.candidates)
     if "encode" not in skip:
-        results["encode"] = bench_encode(table["crystal"].to_list(), sizes[-1], args.workers, "detailed")
+        raws = candidate_inputs(sizes[-1]) if args.candidates else raw_inputs(table["crystal"].to_list(), sizes[-1])
+        results["encode"] = bench_encode(raws, args.workers, "detailed")
     if "infer" not in skip:
         strings = tiled(table["detailed"].to_list(), args.n, seed=0)
         batch_sizes = [int(x) for x in args.batch_sizes.split(",")]

@@ -3,6 +3,8 @@
    - missed_rotation: the moyopy backend's borderline guard, cloud_core/symmetry.py's `_missed_rotation`
      (documented there), computed with the same floating-point steps. The numpy version spends ~0.1 ms per
      Materials Project structure in a few hundred small-array calls; this one ~5 us.
+   - symmetrizing_displacement: the guard's other costly test, `_symmetrizing_displacement` there, reading
+     moyopy's nested lists directly (converting them to arrays cost as much as the arithmetic).
    - overlap_candidate: a filter in front of cloud_core/structures.py's `_check_no_overlaps`: False means no
      two atoms are within the minimum distance, True sends the structure to the numpy test (which reports
      the pair).
@@ -362,7 +364,99 @@ done:
     return result;
 }
 
+/* A sequence of `count` numbers into out; returns 0 with an exception set if the length or a value is wrong. */
+static int read_numbers(PyObject *numbers, Py_ssize_t count, double *out, const char *what) {
+    PyObject *seq = PySequence_Fast(numbers, what);
+    if (!seq) return 0;
+    int ok = PySequence_Fast_GET_SIZE(seq) == count;
+    for (Py_ssize_t j = 0; j < count && ok; j++) {
+        out[j] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, j));
+        ok = !(out[j] == -1.0 && PyErr_Occurred());
+    }
+    Py_DECREF(seq);
+    if (!ok && !PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s: expected %zd numbers", what, count);
+    return ok;
+}
+
+/* `nrows` rows of 3 numbers (nested lists, as moyopy returns them) into out, row after row. */
+static int read_rows(PyObject *rows, Py_ssize_t nrows, double *out, const char *what) {
+    PyObject *seq = PySequence_Fast(rows, what);
+    if (!seq) return 0;
+    int ok = PySequence_Fast_GET_SIZE(seq) == nrows;
+    for (Py_ssize_t i = 0; i < nrows && ok; i++) ok = read_numbers(PySequence_Fast_GET_ITEM(seq, i), 3, out + 3 * i, what);
+    Py_DECREF(seq);
+    if (!ok && !PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s: expected %zd rows of 3 numbers", what, nrows);
+    return ok;
+}
+
+/* symmetrizing_displacement(frac, positions, mapping, origin_shift, linear, basis) -> float
+   symmetry.py's _symmetrizing_displacement from moyopy's refined primitive cell (positions: its sites,
+   mapping: input site -> primitive site, origin_shift and linear: input -> primitive coordinates, basis:
+   its lattice): the largest distance (Å) between an input atom and its place there. */
+static PyObject *symmetrizing_displacement(PyObject *self, PyObject *args) {
+    Py_buffer frac_view = {0};
+    PyObject *positions, *mapping, *shift_rows, *linear_rows, *basis_rows;  // moyopy's lists
+    if (!PyArg_ParseTuple(args, "y*OOOOO", &frac_view, &positions, &mapping, &shift_rows, &linear_rows, &basis_rows))
+        return NULL;
+    PyObject *result = NULL, *map_seq = NULL;
+    double *ideal = NULL;
+    Py_ssize_t n = frac_view.len / (Py_ssize_t)(3 * sizeof(double));
+    double shift[3], linear[9], basis[9];
+    if (!check_size(&frac_view, 3 * n * sizeof(double), "frac") || !read_numbers(shift_rows, 3, shift, "origin shift") ||
+        !read_rows(linear_rows, 3, linear, "linear") || !read_rows(basis_rows, 3, basis, "basis"))
+        goto done;
+    Py_ssize_t m = PySequence_Size(positions);
+    map_seq = PySequence_Fast(mapping, "mapping");
+    if (m < 0 || !map_seq) goto done;
+    if (PySequence_Fast_GET_SIZE(map_seq) != n) {
+        PyErr_SetString(PyExc_ValueError, "mapping: one primitive site per input site expected");
+        goto done;
+    }
+    ideal = malloc((3 * m + 1) * sizeof *ideal);
+    if (!ideal) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!read_rows(positions, m, ideal, "positions")) goto done;
+    /* The inverse of `linear` by its adjugate, as symmetry.py's _inverse3. */
+    double a = linear[0], b = linear[1], c = linear[2], d = linear[3], e = linear[4], f = linear[5], g = linear[6],
+           h = linear[7], i = linear[8];
+    double co_a = e * i - f * h, co_b = f * g - d * i, co_c = d * h - e * g;
+    double det = a * co_a + b * co_b + c * co_c;
+    double adjugate[9] = {co_a, c * h - b * i, b * f - c * e, co_b, a * i - c * g, c * d - a * f, co_c, b * g - a * h, a * e - b * d};
+    double inverse[9];
+    for (int k = 0; k < 9; k++) inverse[k] = adjugate[k] / det;
+    const double *frac = frac_view.buf;
+    double largest = 0.0;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        Py_ssize_t site = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(map_seq, s));
+        if (site < 0 || site >= m) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "mapping: primitive site out of range");
+            goto done;
+        }
+        double p[3], delta[3];
+        for (int k = 0; k < 3; k++) p[k] = frac[3 * s + k] - shift[k];
+        for (int j = 0; j < 3; j++) {
+            delta[j] = p[0] * inverse[3 * j] + p[1] * inverse[3 * j + 1] + p[2] * inverse[3 * j + 2] - ideal[3 * site + j];
+            delta[j] -= nearbyint(delta[j]);
+        }
+        double x = delta[0] * basis[0] + delta[1] * basis[3] + delta[2] * basis[6];
+        double y = delta[0] * basis[1] + delta[1] * basis[4] + delta[2] * basis[7];
+        double z = delta[0] * basis[2] + delta[1] * basis[5] + delta[2] * basis[8];
+        double squared = x * x + y * y + z * z;
+        if (squared > largest) largest = squared;
+    }
+    result = PyFloat_FromDouble(sqrt(largest));
+done:
+    PyBuffer_Release(&frac_view);
+    Py_XDECREF(map_seq);
+    free(ideal);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"symmetrizing_displacement", symmetrizing_displacement, METH_VARARGS,
+     "symmetrizing_displacement(frac, positions, mapping, origin_shift, linear, basis) -> float"},
     {"overlap_candidate", overlap_candidate, METH_VARARGS, "overlap_candidate(frac, lattice, bound, min_distance) -> bool"},
     {"missed_rotation", missed_rotation, METH_VARARGS,
      "missed_rotation(lattice, frac, kinds, rotations, length_tolerance, angle_tolerance, mapping_tolerance) -> bool"},

@@ -413,24 +413,23 @@ def _p1_site_table(block: Any, small: Any) -> tuple[np.ndarray, list[tuple], Any
         return None
     try:
         # As read: gemmi wraps only the symmetry images of a site into the cell, not the site itself.
-        frac = np.array([[float(x) for x in c] for c in coordinates], dtype=float).T.copy()
-        occupancy_values = [float(x) for x in occupancies] if has_occupancy else [1.0] * length
+        frac = np.array([list(map(float, c)) for c in coordinates], dtype=float).T.copy()
+        occupancy_values = list(map(float, occupancies)) if has_occupancy else [1.0] * length
     except ValueError:
         return None
     # gemmi's reading of each distinct type symbol (quotes, charges), taken from the first site that has it.
     symbols = values[tags.index("_atom_site_type_symbol") :: width]
-    first: dict[str, Any] = {}
-    for i, raw in enumerate(symbols):
-        if raw not in first:
-            if raw in ("?", "."):  # gemmi then takes the element from the label, site by site
-                return None
-            site = small.sites[i]
-            if not site.type_symbol:
-                return None
-            first[raw] = (site.element.name, site.type_symbol, _LoopSite(site))
-    site_keys = [(first[raw][0], occ, first[raw][1]) for raw, occ in zip(symbols, occupancy_values, strict=True)]
-    key_sites = [first[raw][2] for raw in symbols]
-    return frac, site_keys, key_sites
+    element, type_symbol, first_site = {}, {}, {}
+    for raw in dict.fromkeys(symbols):  # distinct, in order of first appearance
+        if raw in ("?", "."):  # gemmi then takes the element from the label, site by site
+            return None
+        site = small.sites[symbols.index(raw)]
+        if not site.type_symbol:
+            return None
+        element[raw], type_symbol[raw], first_site[raw] = site.element.name, site.type_symbol, _LoopSite(site)
+    elements, type_symbols = map(element.__getitem__, symbols), map(type_symbol.__getitem__, symbols)
+    site_keys = list(zip(elements, occupancy_values, type_symbols, strict=True))
+    return frac, site_keys, list(map(first_site.__getitem__, symbols))
 
 
 def _kind_from_type_symbol(type_symbol: str, element: str) -> str:

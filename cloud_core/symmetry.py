@@ -268,6 +268,15 @@ def _borderline(dataset, lattice: np.ndarray, frac: np.ndarray, numbers: np.ndar
 def _symmetrizing_displacement(dataset, frac: np.ndarray) -> float:
     """Largest distance (Å) between an input atom and its place in moyopy's refined primitive cell."""
     prim = dataset.prim_std_cell
+    if kernels is not None:  # the same steps in C (cloud_core/_kernels.c)
+        return kernels.symmetrizing_displacement(
+            np.ascontiguousarray(frac, dtype=np.float64),
+            prim.positions,
+            dataset.mapping_std_prim,
+            dataset.prim_std_origin_shift,
+            dataset.prim_std_linear,
+            prim.basis,
+        )
     ideal = np.array(prim.positions)[dataset.mapping_std_prim]
     delta = (frac - dataset.prim_std_origin_shift) @ _inverse3(dataset.prim_std_linear).T - ideal
     delta -= np.round(delta)

@@ -276,17 +276,17 @@ def test_c_kernels_are_built():
     )
 
 
-def test_missed_rotation_in_c_matches_numpy():
-    """The guard's missed-rotation test in C gives the numpy implementation's answer on near-symmetric cells:
-    generated candidates with a strained lattice, shaken atoms, skewed bases and doubled cells, at two
-    tolerances (about 40 % of them have a missed rotation, so both answers are exercised)."""
+def test_guard_in_c_matches_numpy(monkeypatch):
+    """The guard's two tests in C give the numpy implementations' answers on near-symmetric cells: generated
+    candidates with a strained lattice, shaken atoms, skewed bases and doubled cells, at two tolerances. About
+    40 % of them have a missed rotation, so both answers are exercised; displacements agree to 1e-12 Å."""
     import moyopy
 
+    from cloud_core import symmetry
     from cloud_core.prototypes import select_prototypes
-    from cloud_core.symmetry import _missed_rotation, _missed_rotation_numpy
 
     rng = np.random.default_rng(7)
-    answers = []
+    answers, displacements = [], []
     for name in select_prototypes(None):
         for _, crystal in generate_candidates([name], max_count=3, seed=2):
             for trial in range(6):
@@ -304,12 +304,18 @@ def test_missed_rotation_in_c_matches_numpy():
                 for symprec in (0.01, 0.03):
                     cell = moyopy.Cell(lattice.tolist(), frac.tolist(), numbers.tolist())
                     dataset = moyopy.MoyoDataset(cell, symprec=symprec)
-                    c_answer = _missed_rotation(dataset, lattice, frac, numbers, symprec)
-                    numpy_answer = _missed_rotation_numpy(dataset.operations.rotations, lattice, frac, numbers, symprec)
-                    answers.append((c_answer, numpy_answer))
+                    rotations = dataset.operations.rotations
+                    in_c = symmetry._missed_rotation(dataset, lattice, frac, numbers, symprec)
+                    answers.append((in_c, symmetry._missed_rotation_numpy(rotations, lattice, frac, numbers, symprec)))
+                    in_c = symmetry._symmetrizing_displacement(dataset, frac)
+                    with monkeypatch.context() as patch:
+                        patch.setattr(symmetry, "kernels", None)
+                        displacements.append((in_c, symmetry._symmetrizing_displacement(dataset, frac)))
     assert all(c == ref for c, ref in answers), [i for i, (c, ref) in enumerate(answers) if c != ref]
     missed = sum(ref for _, ref in answers)
     assert 0.2 * len(answers) < missed < 0.8 * len(answers), (missed, len(answers))
+    assert np.allclose(*np.array(displacements).T, rtol=0, atol=1e-12)
+    assert max(ref for _, ref in displacements) > 0.01  # shaken well past the guard's 0.4 x symprec
 
 
 # -- shipped pymatgen tables ----------------------------------------------------------------------------
