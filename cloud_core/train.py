@@ -29,11 +29,12 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from cloud_core import __version__, element_features
+from cloud_core import element_features
 from cloud_core.datasets import TASK_TABLE, default_data_dir, encoder_fingerprint, pretraining_strings, training_frame
 from cloud_core.debye import debye_cv
 from cloud_core.device import pick_device
 from cloud_core.model import DEBYE_FIT_TEMPERATURE, PROPERTIES, CloudModel, ModelConfig
+from cloud_core.provenance import code_version
 from cloud_core.tokenizer import CLS, MASK, Batch, tokenize, vocabulary
 
 log = logging.getLogger("cloud_core.train")
@@ -442,7 +443,7 @@ def train(settings: TrainSettings) -> Path:
     card = {
         "name": settings.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "code_version": __version__,
+        "code_version": code_version(),
         "training_command": " ".join(shlex.quote(a) for a in sys.argv),
         "settings": asdict(settings),
         "data": {
