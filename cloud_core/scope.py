@@ -25,6 +25,7 @@ normalizer in the same way. Mixed sites write their elements joined by '+', e.g.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Iterable
 from functools import cache, lru_cache
 from typing import Literal
@@ -129,10 +130,9 @@ def detailed_scope(crystal: Crystal, symmetry: Symmetry) -> str:
     # Sites per (letter, occupant); the orbit count follows from the conventional multiplicity, because an
     # orbit of multiplicity m has m / (V_conv / V_input) sites in the input cell.
     sites: dict[tuple[int, str], int] = {}
-    for letter, species in zip(symmetry.wyckoffs, crystal.site_species, strict=True):
-        occupant = "+".join(sorted_elements(el for el, _ in species))
-        key = (wyckoff_tables.letter_index(number, letter), occupant)
-        sites[key] = sites.get(key, 0) + 1
+    for (letter, species), count in Counter(zip(symmetry.wyckoffs, crystal.site_species, strict=True)).items():
+        key = (wyckoff_tables.letter_index(number, letter), _occupant(species))
+        sites[key] = sites.get(key, 0) + count
     orbits: list[tuple[int, str]] = []
     for (index, occupant), count in sites.items():
         multiplicity = wyckoff_tables.multiplicity(number, letters[index])
@@ -151,6 +151,12 @@ def detailed_scope(crystal: Crystal, symmetry: Symmetry) -> str:
     )
     amounts = crystal.element_amounts()
     return f"{generator_tokens(number)} | {wyckoff} | {_composition_part(amounts, sorted_elements(amounts))}"
+
+
+@lru_cache(maxsize=4096)
+def _occupant(species: tuple[tuple[str, float], ...]) -> str:
+    """What occupies a site, for the detailed SCOPE: its elements in electronegativity order, joined by '+'."""
+    return "+".join(sorted_elements(el for el, _ in species))
 
 
 def _occupant_key(occupant: str) -> tuple:

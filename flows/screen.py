@@ -160,7 +160,7 @@ def score_batch(
     shards: str,
     model: str,
     device: str,
-    inference_batch: int,
+    inference_batch: int | None,
     encode_workers: int,
     cache: bool,
 ) -> ShardInfo:
@@ -176,7 +176,7 @@ def score_batch(
 
 
 def _score(
-    batch: CandidateBatch, model: str, device: str, inference_batch: int, encode_workers: int
+    batch: CandidateBatch, model: str, device: str, inference_batch: int | None, encode_workers: int
 ) -> tuple[pl.DataFrame, dict[str, float]]:
     """Encode a batch (process pool) and predict it (one model per worker process): one row per candidate."""
     from cloud_core.encode import EncodeSettings, encode_stream
@@ -383,7 +383,10 @@ def screen(
     model: Annotated[str, Field(description="Model bundle: a shipped name or a folder.")] = "default",
     device: Annotated[Literal["auto", "cpu", "cuda"], Field(description="auto uses CUDA when present.")] = "auto",
     batch_size: Annotated[int, Field(ge=16, le=1_000_000, description="Candidates per task.")] = 2048,
-    inference_batch: Annotated[int, Field(ge=1, le=65536, description="SCOPE strings per model call.")] = 1024,
+    inference_batch: Annotated[
+        int | None,
+        Field(ge=1, le=65536, description="SCOPE strings per model call at most; unset: 2,048 on CPU, 16,384 on CUDA."),
+    ] = None,
     encode_workers: Annotated[
         int, Field(ge=0, le=256, description="Encoder processes per batch; 0 = all cores of the machine scoring it.")
     ] = 0,
