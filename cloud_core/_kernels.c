@@ -1,15 +1,16 @@
-/* Two hot loops of the encoder in C, each beside a numpy implementation that stays the reference:
+/* Three hot loops of the encoder in C, each beside a numpy implementation that stays the reference:
 
    - missed_rotation: the moyopy backend's borderline guard, cloud_core/symmetry.py's `_missed_rotation`
      (documented there), computed with the same floating-point steps. The numpy version spends ~0.1 ms per
-     Materials Project structure in a few hundred small-array calls; this one ~5 us.
+     Materials Project structure in a few hundred small-array calls; this one a few us (fetching moyopy's
+     rotations, in symmetry.py, costs more).
    - symmetrizing_displacement: the guard's other costly test, `_symmetrizing_displacement` there, reading
      moyopy's nested lists directly (converting them to arrays cost as much as the arithmetic).
    - overlap_candidate: a filter in front of cloud_core/structures.py's `_check_no_overlaps`: False means no
      two atoms are within the minimum distance, True sends the structure to the numpy test (which reports
      the pair).
 
-   Both modules use these when the extension is built (pip install compiles it; without a compiler they run
+   symmetry.py and structures.py use these when the extension is built (pip install compiles it; without a compiler they run
    the numpy code), and the tests check that the answers are the same.
 
    Arrays come in through the buffer protocol, C-contiguous: lattice 3 x 3 float64 (rows are the basis
