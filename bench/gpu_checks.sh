@@ -4,24 +4,11 @@
 # Prepared here (the GPU machine has no network and no ../shared):
 #   python bench/bench_gpu.py --prepare .gpu/inputs.parquet; cp ../shared/data/cloud_reference/vocab.txt .gpu/
 #   wheels for what its image lacks (polars, moyopy, gemmi, spglib; cp312) in .whl/ (see .library/device/README)
+# bench/gpu_env.sh (sourced) sets up Python, the wheels and the C kernels there.
 # Run (device tool): carry [".whl", ".gpu"], command `bash bench/gpu_checks.sh`.
 # Dry run on a CPU machine: PY=.venv/bin/python OUT=/tmp/out DEVICE=cpu SMALL=1 bash bench/gpu_checks.sh
 set -u
-PY=${PY:-python3}
-DEVICE=${DEVICE:-cuda}
-export PYTHONUNBUFFERED=1
-if [ -d .whl ] && [ "$PY" = python3 ]; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH=/tmp/site || exit 1
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
-# The encoder's C kernels (pip install builds them; the tree is carried without build outputs). Without a
-# compiler the encoder runs their numpy versions: slower, same answers; the log says which.
-$PY -c "import sysconfig as s; print(s.get_paths()['include'] + ' ' + s.get_config_var('EXT_SUFFIX'))" | {
-    read -r include suffix
-    cc -O2 -ffp-contract=off -shared -fPIC -I"$include" cloud_core/_kernels.c -o "cloud_core/_kernels$suffix" \
-        && echo "C kernels built" || echo "C kernels NOT built: numpy fallback"
-}
+source "$(dirname "$0")/gpu_env.sh"
 if [ -n "${SMALL:-}" ]; then  # dry run: the same steps, small
     GRID=(--n 20000 --sizes 1000,3000 --workers 1 --batch-sizes 2048 --min-tokens 32768 --passes 1)
     CANDIDATES=(--sizes 1000,3000 --workers 1)
@@ -32,8 +19,6 @@ else
     INFER=(--n 32768 --n-large 8192 --batch-size 1024 --threads 16 --passes 3)
 fi
 
-(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv; nproc; free -g) \
-    2>&1 | tee "$OUT/machine.txt"
 $PY -c "import torch, polars, moyopy, gemmi, spglib, transformers as t; print(torch.__version__, polars.__version__, t.__version__)"
 
 echo "== 1. CPU/CUDA parity (tests/test_model.py::test_cpu_and_cuda_predictions_agree)"

@@ -65,6 +65,9 @@ class TrainSettings:
     mask_prob: float = 0.15
     oversample: dict[str, int] = field(default_factory=lambda: {"mp_elastic3k": 3, "phonon_thermo1k": 6})
     patience: int = 12  # epochs without validation improvement before stopping
+    # Fine-tuning stops after the epoch in which this many minutes (from the start of training) have passed,
+    # keeping the best epoch so far; 0: no limit. For fixed-length leases (a lent GPU) and scheduled runs.
+    time_limit_minutes: float = 0.0
     data_dir: str = ""
     out: str = "models/trained"
     name: str = "cloud-screen"
@@ -294,8 +297,15 @@ def calibrate(pred: dict[str, np.ndarray], targets: Targets) -> dict[str, float]
     return factors
 
 
-def finetune(model: CloudModel, frame: pl.DataFrame, settings: TrainSettings, device: torch.device) -> dict[str, Any]:
-    """Joint fine-tuning on the train split; keeps the state of the best validation epoch."""
+def finetune(
+    model: CloudModel,
+    frame: pl.DataFrame,
+    settings: TrainSettings,
+    device: torch.device,
+    deadline: float | None = None,
+) -> dict[str, Any]:
+    """Joint fine-tuning on the train split; keeps the state of the best validation epoch. Stops early after
+    `patience` epochs without improvement, or after the epoch that ends past `deadline` (time.perf_counter())."""
     train_rows = frame.with_row_index("i").filter(pl.col("split") == "train")
     repeats = train_rows["table"].replace_strict(settings.oversample, default=1, return_dtype=pl.Int64).to_numpy()
     train_index = np.repeat(train_rows["i"].to_numpy(), repeats)
@@ -331,6 +341,7 @@ def finetune(model: CloudModel, frame: pl.DataFrame, settings: TrainSettings, de
     val_table_index = torch.from_numpy(val_index)
     best: dict[str, Any] = {"score": float("inf")}
     history = []
+    stopped = "all epochs"
     for epoch in range(settings.finetune_epochs):
         model.train()
         started = time.perf_counter()
@@ -370,12 +381,18 @@ def finetune(model: CloudModel, frame: pl.DataFrame, settings: TrainSettings, de
             }
         elif epoch + 1 - best["epoch"] >= settings.patience:
             log.info("no validation improvement for %d epochs: stopping", settings.patience)
+            stopped = "patience"
+            break
+        if deadline is not None and time.perf_counter() > deadline and epoch + 1 < settings.finetune_epochs:
+            log.info("time limit of %g min reached after epoch %d: stopping", settings.time_limit_minutes, epoch + 1)
+            stopped = "time limit"
             break
     model.load_state_dict(best.pop("state"))
     pred = predict_table(model, table.select(val_table_index), device)
     config_calibration = calibrate(pred, val_targets)
     return {
         "best_epoch": best["epoch"],
+        "stopped": stopped,
         "val_score": best["score"],
         "val_mae": best["maes"],
         "history": history,
@@ -438,7 +455,8 @@ def train(settings: TrainSettings) -> Path:
     log.info("model: %.2f M parameters", model.n_parameters() / 1e6)
     pretrain_losses = pretrain(model, corpus, settings, device) if settings.pretrain_epochs else []
     t_pretrain = time.perf_counter() - started
-    result = finetune(model, frame, settings, device)
+    deadline = started + 60 * settings.time_limit_minutes if settings.time_limit_minutes else None
+    result = finetune(model, frame, settings, device, deadline)
     config.sigma_calibration = result["sigma_calibration"]
     card = {
         "name": settings.name,

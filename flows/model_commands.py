@@ -81,6 +81,12 @@ def train(
     batch_size: Annotated[int, typer.Option()] = 128,
     lr: Annotated[float, typer.Option()] = 5e-4,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = all).")] = 0,
+    time_limit_minutes: Annotated[
+        float,
+        typer.Option(
+            help="Stop fine-tuning after the epoch that ends past this many minutes, keeping the best; 0: none."
+        ),
+    ] = 0.0,
     name: Annotated[str, typer.Option(help="Name written into the model card.")] = "cloud-screen",
 ) -> None:
     """Pre-train and fine-tune a CLOUD model on the shared data; writes a bundle with its test metrics."""

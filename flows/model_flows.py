@@ -68,6 +68,13 @@ def train(
     batch_size: Annotated[int, Field(ge=1, description="Strings per training batch.")] = 128,
     lr: Annotated[float, Field(gt=0, description="Peak learning rate.")] = 5e-4,
     threads: Annotated[int, Field(ge=0, description="CPU threads for torch; 0 = all.")] = 0,
+    time_limit_minutes: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Stop fine-tuning after the epoch that ends past this many minutes, keeping the best; 0: none.",
+        ),
+    ] = 0.0,
     name: Annotated[str, Field(description="Name written into the model card.")] = "cloud-screen",
 ) -> dict[str, Any]:
     """Pre-train and fine-tune a CLOUD model on the shared data; writes a bundle with its test metrics."""

@@ -391,7 +391,6 @@ def test_evaluate_reproduces_the_card_metrics(tmp_path):
 @pytest.mark.parametrize("pool_pairs", [False, True])
 def test_pretraining_and_finetuning_loops_learn(prototype_scopes, pool_pairs):
     """The training loops on a tiny set: MLM loss falls; fine-tuning fits a label and calibrates its sigma."""
-    import polars as pl
 
     from cloud_core.train import TrainSettings, finetune, pretrain
 
@@ -406,24 +405,44 @@ def test_pretraining_and_finetuning_loops_learn(prototype_scopes, pool_pairs):
     losses = pretrain(model, scopes, settings, torch.device("cpu"))
     assert losses[-1] < losses[0]
 
-    # a label the strings determine (10 x the smallest amount), plus Cv labels near Dulong-Petit
-    label = [10 * min(float(a) for a in s.rsplit("|", 1)[1].split()[1::2]) for s in scopes]
-    split = ["val" if i % 4 == 0 else "train" for i in range(len(scopes))]
-    frame = pl.DataFrame(
-        {
-            "scope": scopes,
-            "table": "mp37k",
-            "split": split,
-            **{name: label for name in ("formation_energy_per_atom", "band_gap", "log10_k_vrh", "log10_g_vrh")},
-            "cv_305K": [20.0 + k / 10 for k in label],
-        }
-    )
+    frame = _tiny_training_frame(scopes)
+    label, split = frame["formation_energy_per_atom"].to_list(), frame["split"].to_list()
     train_mean = np.mean([v for v, sp in zip(label, split, strict=True) if sp == "train"])
     baseline = np.mean([abs(v - train_mean) for v, sp in zip(label, split, strict=True) if sp == "val"])
     result = finetune(model, frame, settings, torch.device("cpu"))
     assert 1 <= result["best_epoch"] <= settings.finetune_epochs
+    assert result["stopped"] in ("all epochs", "patience")
     assert result["val_mae"]["formation_energy_per_atom"] < 0.8 * baseline  # a mean predictor scores 1.0x
     assert set(result["sigma_calibration"]) >= {"formation_energy_per_atom", "cv_305K"}
+
+
+def _tiny_training_frame(scopes: list[str]):
+    """Labels the strings determine (10 x the smallest amount), Cv near Dulong-Petit, every 4th row val."""
+    import polars as pl
+
+    label = [10 * min(float(a) for a in s.rsplit("|", 1)[1].split()[1::2]) for s in scopes]
+    return pl.DataFrame(
+        {
+            "scope": scopes,
+            "table": "mp37k",
+            "split": ["val" if i % 4 == 0 else "train" for i in range(len(scopes))],
+            **{name: label for name in ("formation_energy_per_atom", "band_gap", "log10_k_vrh", "log10_g_vrh")},
+            "cv_305K": [20.0 + k / 10 for k in label],
+        }
+    )
+
+
+def test_finetuning_stops_at_its_time_limit_with_the_best_epoch(prototype_scopes):
+    """A deadline already past: one epoch, then a stop that says why; the model keeps that epoch's state."""
+    from cloud_core.train import TrainSettings, finetune
+
+    torch.manual_seed(0)
+    settings = TrainSettings(n_layer=1, n_head=2, d_model=32, finetune_epochs=10, batch_size=16, time_limit_minutes=1)
+    model = CloudModel(ModelConfig(vocab_size=len(vocabulary()), n_layer=1, n_head=2, d_model=32))
+    result = finetune(
+        model, _tiny_training_frame(prototype_scopes["detailed"][:48]), settings, torch.device("cpu"), 0.0
+    )
+    assert (result["stopped"], result["best_epoch"], len(result["history"])) == ("time limit", 1, 1)
 
 
 def test_train_command_and_flow_build_the_same_settings(tmp_path, monkeypatch):
