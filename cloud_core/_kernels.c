@@ -103,16 +103,18 @@ static int lattice_rotations(double basis[3][3], double length_tolerance, double
     double unit01 = ANGLE(UNIT[0], UNIT[1]), unit02 = ANGLE(UNIT[0], UNIT[2]), unit12 = ANGLE(UNIT[1], UNIT[2]);
     int count = 0;
     for (int p = 0; p < nclose[0]; p++)
-        for (int q = 0; q < nclose[1]; q++)
+        for (int q = 0; q < nclose[1]; q++) {
+            int a = close[0][p], b = close[1][q];
+            if (fabs(ANGLE(a, b) - unit01) > angle_tolerance) continue;  /* once per pair, not per triple */
             for (int r = 0; r < nclose[2]; r++) {
-                int a = close[0][p], b = close[1][q], c = close[2][r];
+                int c = close[2][r];
                 if (!unimodular(a, b, c)) continue;
-                if (fabs(ANGLE(a, b) - unit01) > angle_tolerance) continue;
                 if (fabs(ANGLE(a, c) - unit02) > angle_tolerance) continue;
                 if (fabs(ANGLE(b, c) - unit12) > angle_tolerance) continue;
                 triples[count][0] = a, triples[count][1] = b, triples[count][2] = c;
                 count++;
             }
+        }
 #undef ANGLE
     return count;
 }

@@ -160,7 +160,7 @@ def _gathered(frames: Iterable[pl.DataFrame], rows: int) -> Iterator[pl.DataFram
         held.append(frame)
         count += frame.height
         if count >= rows:
-            yield pl.concat(held) if len(held) > 1 else held[0]
+            yield pl.concat(held)
             held, count = [], 0
     if held:
-        yield pl.concat(held) if len(held) > 1 else held[0]
+        yield pl.concat(held)
