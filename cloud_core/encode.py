@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -242,12 +243,36 @@ def encoder_pool(workers: int) -> Iterator[Any]:
     Starting the pool before a large library is imported (torch, in `predict`) keeps the workers small and
     lets them encode while the parent imports and loads the model. Leaving the block early (an error, an
     abandoned stream) terminates the workers; a stream that ran to the end has let them exit on their own."""
+    with _start_pool(workers) as pool:
+        yield pool
+
+
+def shared_encoder_pool(workers: int) -> Any:
+    """A pool of `workers` encoder processes kept for the rest of this process's life (started on first use;
+    a forked child starts its own), for a process that encodes batch after batch: the screen flow's batch tasks,
+    which may share it from several threads (a pool's methods are thread-safe).
+
+    Why not a pool per batch (`encoder_pool`): a fork shares the parent's pages copy-on-write, so while the
+    children live the parent copies every page it writes. A flow process holding torch and the model, running
+    inference while a fresh pool encodes the next batch, took ~77,000 such page faults a second (a quarter of a
+    core on a 2-core machine). Workers forked once pay that once, and keep their symmetry search cache."""
+    with _SHARED_POOLS_LOCK:
+        owner, pool = _SHARED_POOLS.get(workers, (None, None))
+        if owner != os.getpid():
+            pool = _start_pool(workers)  # multiprocessing's exit handler terminates it with the process
+            _SHARED_POOLS[workers] = (os.getpid(), pool)
+        return pool
+
+
+_SHARED_POOLS: dict[int, tuple[int, Any]] = {}  # workers -> (the process that started the pool, the pool)
+_SHARED_POOLS_LOCK = threading.Lock()
+
+
+def _start_pool(workers: int) -> Any:
     # fork: workers inherit the imported libraries instead of importing them again (Linux default).
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with _worker_signals_blocked():  # workers start with them blocked; _init_worker sets and unblocks them
-        pool = multiprocessing.get_context(method).Pool(max(1, workers), initializer=_init_worker)
-    with pool:
-        yield pool
+        return multiprocessing.get_context(method).Pool(max(1, workers), initializer=_init_worker)
 
 
 def encode_stream(

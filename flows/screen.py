@@ -179,7 +179,7 @@ def _score(
     batch: CandidateBatch, model: str, device: str, inference_batch: int | None, encode_workers: int
 ) -> tuple[pl.DataFrame, dict[str, float]]:
     """Encode a batch (process pool) and predict it (one model per worker process): one row per candidate."""
-    from cloud_core.encode import EncodeSettings, encode_stream
+    from cloud_core.encode import EncodeSettings, encode_stream, shared_encoder_pool
     from cloud_core.pipeline import predict_frame
 
     bundle, torch_device = load_model(model, device)
@@ -188,7 +188,8 @@ def _score(
     settings = EncodeSettings(variant=variant, identify=True)
     started = time.perf_counter()
     workers = _encoder_processes(encode_workers)
-    encoded = pl.concat(list(encode_stream(raws, settings, workers=workers, chunk_size=256)))
+    pool = shared_encoder_pool(workers) if workers > 1 else None  # forked once per process, not per batch
+    encoded = pl.concat(list(encode_stream(raws, settings, workers=workers, chunk_size=256, pool=pool)))
     encoded_at = time.perf_counter()
     predicted = predict_frame(bundle, encoded, torch_device, inference_batch)
     rows = predicted.with_columns(

@@ -188,3 +188,84 @@ def test_frames_are_gathered_into_calls_of_at_least_the_asked_rows():
     assert [f.height for f in gathered] == [6, 6]
     assert pl.concat(gathered).equals(pl.concat(frames))
     assert [f.height for f in _gathered(iter(frames), 1)] == [3, 3, 3, 1, 2]  # the CPU: one call per chunk, as read
+
+
+def test_shared_encoder_pool_is_one_pool_per_process_and_encodes_as_one_process():
+    """shared_encoder_pool: the same pool (the same worker processes) for every call in this process, batch
+    after batch, from several threads at once; a forked child gets a pool of its own; and the frames equal
+    encoding in one process."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cloud_core.encode as encode
+    from cloud_core.prototypes import generate_candidates
+    from cloud_core.structures import RawInput, crystal_to_json
+
+    raws = [RawInput(i, "demo", "json", crystal_to_json(c)) for i, c in generate_candidates(max_count=48, seed=7)]
+    settings = encode.EncodeSettings(variant="detailed", identify=True)
+    expected = pl.concat(list(encode.encode_stream(raws, settings, workers=1, chunk_size=8)))
+
+    pool = encode.shared_encoder_pool(2)
+    workers = {p.pid for p in pool._pool}
+
+    def batch(part: int) -> pl.DataFrame:
+        shared = encode.shared_encoder_pool(2)
+        assert shared is pool
+        return pl.concat(list(encode.encode_stream(raws[part::2], settings, 2, 8, pool=shared)))
+
+    with ThreadPoolExecutor(2) as threads:
+        for _ in range(2):
+            halves = list(threads.map(batch, (0, 1)))
+            assert pl.concat(halves).sort("id").equals(expected.sort("id"))
+    assert {p.pid for p in pool._pool} == workers  # no worker was replaced between batches
+    assert encode.shared_encoder_pool(3) is not pool
+
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # a forked child must not reuse its parent's pool (its workers are not the child's)
+        try:
+            own = encode.shared_encoder_pool(2)
+            ok = own is not pool and {p.pid for p in own._pool}.isdisjoint(workers)
+            os.write(write_end, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    assert os.read(read_end, 1) == b"1"
+    os.waitpid(child, 0)
+
+
+_ORPHANED_POOL = """
+import os, sys, time
+import cloud_core.encode as encode
+pool = encode.shared_encoder_pool(2)
+print(" ".join(str(p.pid) for p in pool._pool), flush=True)
+time.sleep(600)
+"""
+
+
+def test_encoder_workers_end_when_their_process_is_killed(tmp_path):
+    """A process killed outright runs no exit handler: its shared pool's workers, which live as long as it does,
+    must still end (they see their task queue close) rather than wait for tasks for ever, holding the parent's
+    stdout open (a Dask nanny stops its worker that way)."""
+    import os
+    import signal
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHANED_POOL], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (an orphan's zombie is reaped by init, not by us)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
