@@ -255,7 +255,7 @@ def shared_encoder_pool(workers: int) -> Any:
 
     Why not a pool per batch (`encoder_pool`): a fork shares the parent's pages copy-on-write, so while the
     children live the parent copies every page it writes. A flow process holding torch and the model runs
-    inference while a fresh pool encodes the next batch: forking per batch cost it ~75,000 page faults a second
+    inference while a fresh pool encodes the next batch: forking per batch cost it ~77,000 page faults a second
     (a 100,000-candidate screen on 2 cores: 36 s of system time, 21 s with this pool; the flow 7 % faster).
     Workers forked once pay that once, and keep their symmetry search cache."""
     with _SHARED_POOLS_LOCK:

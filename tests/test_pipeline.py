@@ -247,7 +247,6 @@ def test_encoder_workers_end_when_their_process_is_killed(tmp_path):
     """A process killed outright runs no exit handler: its shared pool's workers, which live as long as it does,
     must still end (they see their task queue close) rather than wait for tasks for ever, holding the parent's
     stdout open (a Dask nanny stops its worker that way)."""
-    import os
     import signal
     import time
 
