@@ -49,6 +49,14 @@ def sync_playwright_or_skip():
     return sync_playwright
 
 
+def process_running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (a killed orphan stays one until init reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def shared_file(name: str) -> Path:
     """A file of ../shared/data, or skip the test when the datasets are not beside the checkout."""
     path = SHARED_DATA / name

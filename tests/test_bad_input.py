@@ -27,6 +27,7 @@ from pymatgen.core import Lattice, Structure
 
 from cloud_core.encode import EncodeSettings, encode_structures, encode_table
 from cloud_core.structures import Crystal, iter_raw_inputs
+from tests.conftest import process_running
 
 GOOD_CIF = """data_NaCl
 _cell_length_a 5.64
@@ -315,16 +316,10 @@ def test_search_child_ends_with_the_process_that_forked_it(rocksalt, tmp_path, m
     os.kill(worker, signal.SIGKILL)
     os.waitpid(worker, 0)
 
-    def running(pid: int) -> bool:  # a killed orphan is a zombie until init reaps it (if it ever does)
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-
     deadline = time.monotonic() + 5
-    while running(search) and time.monotonic() < deadline:
+    while process_running(search) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not running(search)
+    assert not process_running(search)
 
 
 def test_large_cell_in_a_child_gives_the_in_process_answer(rocksalt):

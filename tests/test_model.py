@@ -391,7 +391,6 @@ def test_evaluate_reproduces_the_card_metrics(tmp_path):
 @pytest.mark.parametrize("pool_pairs", [False, True])
 def test_pretraining_and_finetuning_loops_learn(prototype_scopes, pool_pairs):
     """The training loops on a tiny set: MLM loss falls; fine-tuning fits a label and calibrates its sigma."""
-
     from cloud_core.train import TrainSettings, finetune, pretrain
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, process_running
 
 # Run in a fresh interpreter (this one has torch imported already): every encoder task records whether its
 # process had torch loaded, then predict_files runs with the shipped model.
@@ -243,7 +243,7 @@ time.sleep(600)
 """
 
 
-def test_encoder_workers_end_when_their_process_is_killed(tmp_path):
+def test_encoder_workers_end_when_their_process_is_killed():
     """A process killed outright runs no exit handler: its shared pool's workers, which live as long as it does,
     must still end (they see their task queue close) rather than wait for tasks for ever, holding the parent's
     stdout open (a Dask nanny stops its worker that way)."""
@@ -252,19 +252,10 @@ def test_encoder_workers_end_when_their_process_is_killed(tmp_path):
 
     parent = subprocess.Popen([sys.executable, "-c", _ORPHANED_POOL], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     workers = [int(pid) for pid in parent.stdout.readline().split()]
-    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    assert len(workers) == 2 and all(process_running(pid) for pid in workers)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 15
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(process_running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_alive(pid) for pid in workers)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` exists and is not a zombie (an orphan's zombie is reaped by init, not by us)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not any(process_running(pid) for pid in workers)
