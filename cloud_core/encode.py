@@ -10,8 +10,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import itertools
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 import threading
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from cloud_core.forked import ChildDied, call_forked
 from cloud_core.scope import Variant, canonical_scope, detailed_scope, scope_string, sorted_elements
 from cloud_core.structures import (
     DEFAULT_MAX_SITES,
@@ -171,9 +174,13 @@ def _rows_to_frame(rows: list[dict[str, Any]], settings: EncodeSettings) -> pl.D
     return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
 
 
+def _encode_rows(raws: Sequence[RawInput], settings: EncodeSettings) -> list[dict[str, Any]]:
+    return [encode_record(parse_raw(raw, settings.max_sites), settings) for raw in raws]
+
+
 def encode_chunk(raws: Sequence[RawInput], settings: EncodeSettings) -> pl.DataFrame:
     """Parse, validate and encode a chunk of raw inputs (what one worker does at a time)."""
-    return _rows_to_frame([encode_record(parse_raw(raw, settings.max_sites), settings) for raw in raws], settings)
+    return _rows_to_frame(_encode_rows(raws, settings), settings)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,17 +245,17 @@ def _chunks(items: Iterable[RawInput], size: int) -> Iterator[list[RawInput]]:
 
 
 @contextlib.contextmanager
-def encoder_pool(workers: int) -> Iterator[Any]:
+def encoder_pool(workers: int) -> Iterator[EncoderPool]:
     """A pool of `workers` encoder processes, started now (for `encode_stream(..., pool=)`).
 
     Starting the pool before a large library is imported (torch, in `predict`) keeps the workers small and
     lets them encode while the parent imports and loads the model. Leaving the block early (an error, an
     abandoned stream) terminates the workers; a stream that ran to the end has let them exit on their own."""
-    with _start_pool(workers) as pool:
+    with EncoderPool(workers) as pool:
         yield pool
 
 
-def shared_encoder_pool(workers: int) -> Any:
+def shared_encoder_pool(workers: int) -> EncoderPool:
     """A pool of `workers` encoder processes kept for the rest of this process's life (started on first use;
     a forked child starts its own), for a process that encodes batch after batch: the screen flow's batch tasks,
     which may share it from several threads (a pool's methods are thread-safe).
@@ -260,8 +267,8 @@ def shared_encoder_pool(workers: int) -> Any:
     Workers forked once pay that once, and keep their symmetry search cache."""
     with _SHARED_POOLS_LOCK:
         owner, pool = _SHARED_POOLS.get(workers, (None, None))
-        if owner != os.getpid():
-            pool = _start_pool(workers)
+        if owner != os.getpid() or pool is None:
+            pool = EncoderPool(workers)
             _SHARED_POOLS[workers] = (os.getpid(), pool)
         return pool
 
@@ -274,16 +281,90 @@ def _end_shared_pools() -> None:
             pool.terminate()
 
 
-_SHARED_POOLS: dict[int, tuple[int, Any]] = {}  # workers -> (the process that started the pool, the pool)
+class EncoderPool(multiprocessing.pool.Pool):
+    """multiprocessing's Pool of encoder processes, which also tells when a chunk's worker died.
+
+    A Pool replaces a worker that died (a crash in native code, the out-of-memory killer), but the chunk that
+    worker was encoding is lost: its result never comes, and a plain `get()` waits for ever. So each worker
+    notes on a board in shared memory which chunk (ticket) it has started, with its pid; a consumer whose
+    result is late asks `lost(ticket)` and has a lost chunk encoded again (`encode_isolated`)."""
+
+    def __init__(self, workers: int):
+        # fork: workers inherit the imported libraries instead of importing them again (Linux default).
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        self._board = context.RawArray("q", 2 * BOARD_SLOTS)  # slot i: (ticket, pid) at 2i, 2i + 1
+        self._tickets = itertools.count(1)  # next() on a count is atomic under the GIL: threads may share a pool
+        with _worker_signals_blocked():  # workers start with them blocked; _init_worker sets and unblocks them
+            super().__init__(max(1, workers), initializer=_init_worker, initargs=(self._board,), context=context)
+
+    def submit(self, chunk: list[RawInput], settings: EncodeSettings) -> tuple[int, AsyncResult]:
+        """Send `chunk` to the workers: its ticket, and its result to come."""
+        ticket = next(self._tickets)
+        return ticket, self.apply_async(_encode_on_board, (ticket, chunk, settings))
+
+    def lost(self, ticket: int) -> bool:
+        """Whether the chunk of `ticket` was started by a worker that has since died (its result will not come).
+
+        A wrong yes would only have the chunk encoded twice; and the worker writes its pid before the ticket,
+        so a pid read after a matching ticket is the one that started it."""
+        slot = 2 * (ticket % BOARD_SLOTS)
+        return self._board[slot] == ticket and _process_gone(self._board[slot + 1])
+
+
+_SHARED_POOLS: dict[int, tuple[int, EncoderPool]] = {}  # workers -> (the process that started it, the pool)
 _SHARED_POOLS_LOCK = threading.Lock()
 atexit.register(_end_shared_pools)
 
+# The chunks in flight at once are a few per worker and stream, far fewer than the slots: a slot is not reused
+# while its chunk may still be running.
+BOARD_SLOTS = 1 << 16
+LOST_CHECK_S = 1.0  # how often a consumer waiting on a chunk checks that the worker encoding it is alive
+_board: Any = None  # in a worker: its pool's board (set by _init_worker)
 
-def _start_pool(workers: int) -> Any:
-    # fork: workers inherit the imported libraries instead of importing them again (Linux default).
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with _worker_signals_blocked():  # workers start with them blocked; _init_worker sets and unblocks them
-        return multiprocessing.get_context(method).Pool(max(1, workers), initializer=_init_worker)
+
+def _encode_on_board(ticket: int, chunk: list[RawInput], settings: EncodeSettings) -> pl.DataFrame:
+    """In a worker: note (ticket, this pid) on the board, then encode."""
+    slot = 2 * (ticket % BOARD_SLOTS)
+    _board[slot + 1] = os.getpid()
+    _board[slot] = ticket
+    return encode_chunk(chunk, settings)
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether process `pid` has ended (reaped, or a zombie until the pool reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc: a zombie counts as alive until the pool reaps it, a moment later
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+def encode_isolated(chunk: Sequence[RawInput], settings: EncodeSettings) -> pl.DataFrame:
+    """Encode `chunk` in a forked child; if the child dies too, halve the chunk and try each half, down to
+    single structures: a structure that kills its process again becomes an error row, the others are encoded.
+
+    For a chunk whose pool worker died. The rows come back as plain Python and the frame is built here: a
+    forked child should not use polars, whose thread pool the fork did not copy."""
+    return _rows_to_frame(_rows_isolated(list(chunk), settings), settings)
+
+
+def _rows_isolated(chunk: list[RawInput], settings: EncodeSettings) -> list[dict[str, Any]]:
+    if not hasattr(os, "fork"):
+        raise RuntimeError("an encoder worker died on a chunk (without fork, its structures can't be retried alone)")
+    try:
+        return call_forked(_encode_rows, chunk, settings)
+    except ChildDied as died:
+        if len(chunk) > 1:
+            half = len(chunk) // 2
+            return _rows_isolated(chunk[:half], settings) + _rows_isolated(chunk[half:], settings)
+        reason = f"the encoder process died ({died.how}) on this structure: in a pool worker, then alone"
+        return [encode_record(Record(chunk[0].id, chunk[0].source, error=reason), settings)]
 
 
 def encode_stream(
@@ -292,7 +373,7 @@ def encode_stream(
     workers: int = 1,
     chunk_size: int = 256,
     on_chunk: Callable[[int], None] | None = None,
-    pool: Any = None,
+    pool: EncoderPool | None = None,
     help_while_waiting: Callable[[], bool] | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Encode a stream of raw inputs, yielding one frame per chunk in input order.
@@ -318,34 +399,50 @@ def encode_stream(
     with contextlib.ExitStack() as stack:
         if own_pool:
             pool = stack.enter_context(encoder_pool(workers))
-        pending: deque = deque()  # (chunk size, AsyncResult or a frame encoded here), in input order
+        pending: deque = deque()  # (chunk, ticket, AsyncResult or a frame encoded here), in input order
         most, in_pool = 4 * max(1, workers), 2 * max(1, workers)
         next_chunk = partial(next, chunks, None)
         chunk = next_chunk()
+        any_lost = False
         while pending or chunk is not None:
             # Top the workers up before handing a frame over: the consumer may take a while with it.
             while chunk is not None and len(pending) < most and _unfinished(pending) < in_pool:
-                pending.append((len(chunk), pool.apply_async(encode_chunk, (chunk, settings))))
+                pending.append((chunk, *pool.submit(chunk, settings)))
                 chunk = next_chunk()
-            n, result = pending[0]
+            _, _, result = pending[0]
             waiting = isinstance(result, AsyncResult) and not result.ready()
             if waiting and chunk is not None and len(pending) < most and help_while_waiting and help_while_waiting():
-                pending.append((len(chunk), encode_chunk(chunk, settings)))
+                pending.append((chunk, 0, encode_chunk(chunk, settings)))
                 chunk = next_chunk()
                 continue
-            pending.popleft()
-            frame = result.get() if isinstance(result, AsyncResult) else result
+            done, ticket, result = pending.popleft()
+            if isinstance(result, AsyncResult):
+                frame = _worker_result(pool, ticket, result)
+                if frame is None:  # its worker died
+                    any_lost = True
+                    frame = encode_isolated(done, settings)
+            else:
+                frame = result
             if on_chunk:
-                on_chunk(n)
+                on_chunk(len(done))
             yield frame
-        if own_pool:  # done: the workers exit on their own, no signal needed
-            pool.close()
+        if own_pool and not any_lost:  # done: the workers exit on their own, no signal needed
+            pool.close()  # (with a chunk lost, join would wait for its result: leaving the block terminates)
             pool.join()
+
+
+def _worker_result(pool: EncoderPool, ticket: int, result: AsyncResult) -> pl.DataFrame | None:
+    """The frame a worker encoded, or None if the worker died before sending it."""
+    while not result.ready():
+        result.wait(LOST_CHECK_S)
+        if not result.ready() and pool.lost(ticket):
+            return None
+    return result.get()
 
 
 def _unfinished(pending: deque) -> int:
     """Chunks of `pending` that the workers have not finished yet."""
-    return sum(1 for _, result in pending if isinstance(result, AsyncResult) and not result.ready())
+    return sum(1 for _, _, result in pending if isinstance(result, AsyncResult) and not result.ready())
 
 
 _WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -367,13 +464,15 @@ def _worker_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _init_worker() -> None:
-    """Encoder worker start-up: SIGTERM back to its default (end at once), SIGINT ignored.
+def _init_worker(board: Any) -> None:
+    """Encoder worker start-up: keep the pool's board; SIGTERM back to its default (end at once), SIGINT ignored.
 
     A forked worker inherits the parent's Python signal handlers. A host process that turns SIGTERM into an
     exception (a workflow engine's graceful-shutdown handler) would make every worker print a traceback, or
     catch the signal at a bad moment, when the pool terminates it; and Ctrl-C would interrupt every worker
     as well as the parent. Here the parent alone handles Ctrl-C and ends the pool."""
+    global _board
+    _board = board
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):

@@ -36,14 +36,9 @@ a kind.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import os
-import select
-import signal
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
@@ -52,6 +47,7 @@ from typing import Literal
 
 import numpy as np
 
+from cloud_core.forked import ChildDied, ChildTimedOut, call_forked
 from cloud_core.structures import Crystal, StructureError, kernels
 
 Backend = Literal["spglib", "moyopy"]
@@ -141,78 +137,17 @@ def _search(crystal: Crystal, backend: Backend, symprec: float, angle_tolerance:
 
 
 def _search_in_child(args: tuple, time_limit: float) -> Symmetry:
-    """_search(*args) in a forked child that is killed after `time_limit` seconds; its answer comes back as
-    JSON through a pipe. os.fork, not multiprocessing: encoder pool workers are daemonic and may not start
-    multiprocessing children."""
+    """_search(*args) in a forked child that is killed after `time_limit` seconds (see cloud_core.forked)."""
     nsites = args[0].nsites
-    parent, die_with_parent = os.getpid(), _parent_death_signal()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: search, write the answer, and leave without running any of the parent's code
-        try:
-            os.close(read_end)
-            if die_with_parent is not None:  # a terminated pool worker takes its search along
-                die_with_parent(1, signal.SIGKILL)  # prctl(PR_SET_PDEATHSIG, SIGKILL)
-                if os.getppid() != parent:  # the parent ended before that took effect
-                    os._exit(0)
-            try:
-                found = _search(*args)
-                ratio = found.conventional_volume_ratio
-                answer = {"symmetry": [found.number, list(found.wyckoffs), ratio, found.symprec, found.backend]}
-            except StructureError as exc:
-                answer = {"error": str(exc)}
-            except BaseException as exc:
-                answer = {"exception": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
-            payload = memoryview(json.dumps(answer).encode())
-            while payload:
-                payload = payload[os.write(write_end, payload) :]
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    chunks: list[bytes] = []
-    finished = False
-    deadline = time.monotonic() + time_limit
     try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([read_end], [], [], remaining)[0]:
-                raise StructureError(
-                    f"symmetry search stopped at the time limit of {time_limit:g} s ({nsites} sites; cells of more "
-                    f"than {TIME_LIMITED_MIN_SITES} sites are searched under a time limit)"
-                )
-            chunk = os.read(read_end, 1 << 16)
-            if not chunk:
-                finished = True
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(read_end)
-        if not finished:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-    if not chunks:
-        code = os.waitstatus_to_exitcode(status)
-        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        raise StructureError(f"symmetry search crashed ({how}) on this cell of {nsites} sites")
-    answer = json.loads(b"".join(chunks))
-    if "error" in answer:
-        raise StructureError(answer["error"])
-    if "exception" in answer:
-        raise RuntimeError(answer["exception"])
-    number, wyckoffs, ratio, symprec, backend = answer["symmetry"]
-    return Symmetry(number, tuple(wyckoffs), ratio, symprec, backend)
-
-
-@cache
-def _parent_death_signal():
-    """Linux's prctl, to have a child killed when its parent ends; None elsewhere."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
+        return call_forked(_search, *args, time_limit=time_limit)
+    except ChildTimedOut:
+        raise StructureError(
+            f"symmetry search stopped at the time limit of {time_limit:g} s ({nsites} sites; cells of more "
+            f"than {TIME_LIMITED_MIN_SITES} sites are searched under a time limit)"
+        ) from None
+    except ChildDied as died:
+        raise StructureError(f"symmetry search crashed ({died.how}) on this cell of {nsites} sites") from None
 
 
 def _spglib(cell: tuple, symprec: float, angle_tolerance: float) -> Symmetry | None:

@@ -224,6 +224,9 @@ def screen(
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Without a server, Prefect starts a temporary one and gives it 20 s; its first start migrates a SQLite
+    # database, which on a busy machine (2 cores, another screen running) took longer and failed the run.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # a local Dask cluster's start and stop

@@ -152,6 +152,52 @@ def test_the_consumer_encodes_while_the_workers_are_slow(monkeypatch):
             assert _ENCODED_IN_PARENT == []
 
 
+def _killed_on_poison(record, settings):  # replaces encode_record before the pool forks its workers
+    import os
+    import signal
+
+    import cloud_core.encode as encode
+
+    if record.id == "poison" and record.crystal is not None:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+    return encode.real_encode_record(record, settings)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("own_pool", [False, True])
+def test_a_worker_killed_mid_chunk_costs_one_error_row_not_a_stuck_batch(monkeypatch, own_pool):
+    """An encoder worker that dies mid-chunk (a segfault in native code, the out-of-memory killer) never sends
+    its chunk back; the stream used to wait for it for ever. Now the consumer sees that the worker is gone and
+    encodes the chunk again in forked children, halving it down to the structure that kills its process again:
+    that one is an error row; every other row equals one-process encoding, in input order; the pool has
+    replaced the worker and goes on encoding; a stream with a pool of its own ends (close + join would wait
+    for the lost result)."""
+    import cloud_core.encode as encode
+    from cloud_core.prototypes import generate_candidates
+    from cloud_core.structures import RawInput, crystal_to_json
+
+    raws = [RawInput(i, "demo", "json", crystal_to_json(c)) for i, c in generate_candidates(max_count=40, seed=5)]
+    settings = encode.EncodeSettings(variant="detailed")
+    expected = pl.concat(list(encode.encode_stream(raws, settings, workers=1, chunk_size=4)))
+    poisoned = [*raws[:13], RawInput("poison", "demo", "json", raws[13].text), *raws[13:]]
+
+    monkeypatch.setattr(encode, "real_encode_record", encode.encode_record, raising=False)
+    monkeypatch.setattr(encode, "encode_record", _killed_on_poison)
+    with encode.encoder_pool(2) as pool:
+        workers = {p.pid for p in pool._pool}
+        frames = encode.encode_stream(poisoned, settings, 2, 4, pool=None if own_pool else pool)
+        got = pl.concat(list(frames))
+        if not own_pool:
+            assert len(workers - {p.pid for p in pool._pool}) == 1  # one worker died and was replaced
+            again = pl.concat(list(encode.encode_stream(raws[:8], settings, 2, 4, pool=pool)))
+            assert again.equals(expected.head(8))
+
+    assert got["id"].to_list() == [raw.id for raw in poisoned]
+    row = got.filter(pl.col("id") == "poison").row(0, named=True)
+    assert row["scope"] is None and "the encoder process died (signal SIGKILL) on this structure" in row["error"]
+    assert got.filter(pl.col("id") != "poison").equals(expected)
+
+
 def test_the_workers_are_topped_up_before_a_frame_is_handed_over():
     """encode_stream keeps 2 chunks per worker queued while the consumer holds a frame: the reader has taken
     the yielded chunk plus two more before the consumer gets it (so one slow consumer step never leaves a
