@@ -17,6 +17,7 @@ import multiprocessing.pool
 import os
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cloud_core.forked import ChildDied, call_forked
+from cloud_core.forked import ChildDied, ChildTimedOut, call_forked
 from cloud_core.scope import Variant, canonical_scope, detailed_scope, scope_string, sorted_elements
 from cloud_core.structures import (
     DEFAULT_MAX_SITES,
@@ -72,8 +73,8 @@ class EncodeSettings:
     symprec: float = DEFAULT_SYMPREC
     angle_tolerance: float = DEFAULT_ANGLE_TOLERANCE
     max_sites: int = DEFAULT_MAX_SITES
-    # Seconds the symmetry search of one cell of more than symmetry.TIME_LIMITED_MIN_SITES sites may take;
-    # None or 0: no limit.
+    # Seconds the symmetry search of one cell of more than symmetry.TIME_LIMITED_MIN_SITES sites may take, and
+    # (see hang_limit) what one structure may take in an encoder worker; None or 0: no limit.
     time_limit: float | None = DEFAULT_TIME_LIMIT
     identify: bool = False  # add IDENTITY_SCHEMA columns (canonical SCOPE, structure hash, candidate id)
 
@@ -282,17 +283,18 @@ def _end_shared_pools() -> None:
 
 
 class EncoderPool(multiprocessing.pool.Pool):
-    """multiprocessing's Pool of encoder processes, which also tells when a chunk's worker died.
+    """multiprocessing's Pool of encoder processes, which also tells when a chunk's worker died or hangs.
 
     A Pool replaces a worker that died (a crash in native code, the out-of-memory killer), but the chunk that
-    worker was encoding is lost: its result never comes, and a plain `get()` waits for ever. So each worker
-    notes on a board in shared memory which chunk (ticket) it has started, with its pid; a consumer whose
-    result is late asks `lost(ticket)` and has a lost chunk encoded again (`encode_isolated`)."""
+    worker was encoding is lost: its result never comes, and a plain `get()` waits for ever; a structure on
+    which a library loops for ever holds its chunk the same way. So each worker notes on a board in shared
+    memory which chunk (ticket) it is encoding, its pid, and which structure of the chunk it has been on since
+    when; a consumer whose result is late asks `died` and `stop_if_stuck` (see `_worker_result`)."""
 
     def __init__(self, workers: int):
         # fork: workers inherit the imported libraries instead of importing them again (Linux default).
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        self._board = context.RawArray("q", 2 * BOARD_SLOTS)  # slot i: (ticket, pid) at 2i, 2i + 1
+        self._board = context.RawArray("q", SLOT * BOARD_SLOTS)
         self._tickets = itertools.count(1)  # next() on a count is atomic under the GIL: threads may share a pool
         with _worker_signals_blocked():  # workers start with them blocked; _init_worker sets and unblocks them
             super().__init__(max(1, workers), initializer=_init_worker, initargs=(self._board,), context=context)
@@ -302,32 +304,62 @@ class EncoderPool(multiprocessing.pool.Pool):
         ticket = next(self._tickets)
         return ticket, self.apply_async(_encode_on_board, (ticket, chunk, settings))
 
-    def lost(self, ticket: int) -> bool:
+    def died(self, ticket: int) -> bool:
         """Whether the chunk of `ticket` was started by a worker that has since died (its result will not come).
 
         A wrong yes would only have the chunk encoded twice; and the worker writes its pid before the ticket,
         so a pid read after a matching ticket is the one that started it."""
-        slot = 2 * (ticket % BOARD_SLOTS)
+        slot = SLOT * (ticket % BOARD_SLOTS)
         return self._board[slot] == ticket and _process_gone(self._board[slot + 1])
+
+    def stop_if_stuck(self, ticket: int, limit: float) -> int | None:
+        """If the worker on the chunk of `ticket` has been on one structure for more than `limit` seconds: kill
+        it (the pool replaces it) and return the structure's position in the chunk."""
+        slot = SLOT * (ticket % BOARD_SLOTS)
+        board = self._board
+        if board[slot] != ticket:
+            return None
+        position = board[slot + 2]  # read before its start time, which the worker writes first
+        if position < 0 or time.monotonic_ns() - board[slot + 3] < limit * 1e9:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(board[slot + 1], signal.SIGKILL)
+        return position
 
 
 _SHARED_POOLS: dict[int, tuple[int, EncoderPool]] = {}  # workers -> (the process that started it, the pool)
 _SHARED_POOLS_LOCK = threading.Lock()
 atexit.register(_end_shared_pools)
 
-# The chunks in flight at once are a few per worker and stream, far fewer than the slots: a slot is not reused
-# while its chunk may still be running.
-BOARD_SLOTS = 1 << 16
-LOST_CHECK_S = 1.0  # how often a consumer waiting on a chunk checks that the worker encoding it is alive
+# A board slot: ticket, pid, position in the chunk of the structure being encoded (-1: none), and since when
+# (time.monotonic_ns, the same clock in every process). The chunks in flight at once are a few per worker and
+# stream, far fewer than the slots: a slot is not reused while its chunk may still be running.
+SLOT, BOARD_SLOTS = 4, 1 << 16
+CHECK_S = 1.0  # how often a consumer waiting on a chunk checks on the worker encoding it
+HANG_SLACK_S = 10.0  # see hang_limit
 _board: Any = None  # in a worker: its pool's board (set by _init_worker)
 
 
+def hang_limit(settings: EncodeSettings) -> float | None:
+    """Seconds one structure may take in an encoder worker before the worker is stopped and the structure is
+    an error row: twice the symmetry search's time limit (which holds only large cells) plus HANG_SLACK_S.
+    Structures take milliseconds, the largest allowed about 2 s; this is a guard against a library looping
+    for ever. None (no limit) when the time limit is off."""
+    return 2 * settings.time_limit + HANG_SLACK_S if settings.time_limit else None
+
+
 def _encode_on_board(ticket: int, chunk: list[RawInput], settings: EncodeSettings) -> pl.DataFrame:
-    """In a worker: note (ticket, this pid) on the board, then encode."""
-    slot = 2 * (ticket % BOARD_SLOTS)
-    _board[slot + 1] = os.getpid()
-    _board[slot] = ticket
-    return encode_chunk(chunk, settings)
+    """In a worker: encode, noting on the board the chunk's ticket, this pid, and each structure as it starts."""
+    board, slot = _board, SLOT * (ticket % BOARD_SLOTS)
+    board[slot + 1], board[slot + 2] = os.getpid(), -1
+    board[slot] = ticket
+    rows = []
+    for position, raw in enumerate(chunk):
+        board[slot + 3] = time.monotonic_ns()
+        board[slot + 2] = position
+        rows.append(encode_record(parse_raw(raw, settings.max_sites), settings))
+    board[slot + 2] = -1
+    return _rows_to_frame(rows, settings)
 
 
 def _process_gone(pid: int) -> bool:
@@ -345,26 +377,48 @@ def _process_gone(pid: int) -> bool:
         return False
 
 
-def encode_isolated(chunk: Sequence[RawInput], settings: EncodeSettings) -> pl.DataFrame:
-    """Encode `chunk` in a forked child; if the child dies too, halve the chunk and try each half, down to
-    single structures: a structure that kills its process again becomes an error row, the others are encoded.
+def encode_isolated(chunk: Sequence[RawInput], settings: EncodeSettings, stuck: int | None = None) -> pl.DataFrame:
+    """Encode `chunk` in forked children, for a chunk whose pool worker died or was stopped on the structure at
+    position `stuck` (which becomes an error row without a second try).
 
-    For a chunk whose pool worker died. The rows come back as plain Python and the frame is built here: a
-    forked child should not use polars, whose thread pool the fork did not copy."""
-    return _rows_to_frame(_rows_isolated(list(chunk), settings), settings)
+    A child that dies, or runs past `hang_limit`, has its part halved and tried again, down to single
+    structures: a structure that kills its process again, or hangs again, is an error row, the others are
+    encoded. The rows come back as plain Python and the frame is built here: a forked child should not use
+    polars, whose thread pool the fork did not copy."""
+    chunk = list(chunk)
+    if stuck is None:
+        return _rows_to_frame(_rows_isolated(chunk, settings), settings)
+    rows = _rows_isolated(chunk[:stuck], settings)
+    rows.append(_error_row(chunk[stuck], _hang_reason(settings), settings))
+    return _rows_to_frame(rows + _rows_isolated(chunk[stuck + 1 :], settings), settings)
 
 
 def _rows_isolated(chunk: list[RawInput], settings: EncodeSettings) -> list[dict[str, Any]]:
+    if not chunk:
+        return []
     if not hasattr(os, "fork"):
-        raise RuntimeError("an encoder worker died on a chunk (without fork, its structures can't be retried alone)")
+        raise RuntimeError("an encoder worker died or hung on a chunk (without fork, it can't be encoded again)")
     try:
-        return call_forked(_encode_rows, chunk, settings)
-    except ChildDied as died:
+        return call_forked(_encode_rows, chunk, settings, time_limit=hang_limit(settings))
+    except (ChildDied, ChildTimedOut) as failed:
         if len(chunk) > 1:
             half = len(chunk) // 2
             return _rows_isolated(chunk[:half], settings) + _rows_isolated(chunk[half:], settings)
-        reason = f"the encoder process died ({died.how}) on this structure: in a pool worker, then alone"
-        return [encode_record(Record(chunk[0].id, chunk[0].source, error=reason), settings)]
+        if isinstance(failed, ChildTimedOut):
+            return [_error_row(chunk[0], _hang_reason(settings), settings)]
+        reason = f"the encoder process died ({failed.how}) on this structure: in a pool worker, then alone"
+        return [_error_row(chunk[0], reason, settings)]
+
+
+def _hang_reason(settings: EncodeSettings) -> str:
+    return (
+        f"encoding this structure did not finish within {hang_limit(settings):g} s (twice --time-limit plus "
+        f"{HANG_SLACK_S:g} s); it was stopped"
+    )
+
+
+def _error_row(raw: RawInput, reason: str, settings: EncodeSettings) -> dict[str, Any]:
+    return encode_record(Record(raw.id, raw.source, error=reason), settings)
 
 
 def encode_stream(
@@ -417,10 +471,8 @@ def encode_stream(
                 continue
             done, ticket, result = pending.popleft()
             if isinstance(result, AsyncResult):
-                frame = _worker_result(pool, ticket, result)
-                if frame is None:  # its worker died
-                    any_lost = True
-                    frame = encode_isolated(done, settings)
+                frame, lost = _worker_result(pool, ticket, result, done, settings)
+                any_lost |= lost
             else:
                 frame = result
             if on_chunk:
@@ -431,13 +483,21 @@ def encode_stream(
             pool.join()
 
 
-def _worker_result(pool: EncoderPool, ticket: int, result: AsyncResult) -> pl.DataFrame | None:
-    """The frame a worker encoded, or None if the worker died before sending it."""
+def _worker_result(
+    pool: EncoderPool, ticket: int, result: AsyncResult, chunk: list[RawInput], settings: EncodeSettings
+) -> tuple[pl.DataFrame, bool]:
+    """(the frame a worker encoded, False); or, when the worker died or hung on a structure past `hang_limit`
+    (it is then stopped), (the chunk encoded again in forked children, True)."""
+    limit = hang_limit(settings)
     while not result.ready():
-        result.wait(LOST_CHECK_S)
-        if not result.ready() and pool.lost(ticket):
-            return None
-    return result.get()
+        result.wait(CHECK_S)
+        if result.ready():
+            break
+        if pool.died(ticket):
+            return encode_isolated(chunk, settings), True
+        if limit and (stuck := pool.stop_if_stuck(ticket, limit)) is not None:
+            return encode_isolated(chunk, settings, stuck), True
+    return result.get(), False
 
 
 def _unfinished(pending: deque) -> int:

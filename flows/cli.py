@@ -52,7 +52,10 @@ def encode(
     max_sites: Annotated[int, typer.Option(help="Larger structures are error rows, not searched.")] = 2000,
     time_limit: Annotated[
         float,
-        typer.Option(help="Seconds the symmetry search of one cell of more than 500 sites may take (0: no limit)."),
+        typer.Option(
+            help="Seconds the symmetry search of one cell of more than 500 sites may take; a worker on one "
+            "structure for twice this plus 10 s is stopped, the structure an error row (0: no limit)."
+        ),
     ] = 60.0,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:

@@ -20,13 +20,13 @@ from pathlib import Path
 import cloud_core.encode as encode
 
 spy_dir = Path(sys.argv[1])
-real = encode.encode_chunk
+real = encode._encode_on_board
 
-def encode_chunk(raws, settings):  # replaces the module's function before the pool forks its workers
+def encode_on_board(ticket, raws, settings):  # replaces what a worker runs, before the pool forks its workers
     (spy_dir / f"{os.getpid()}-{raws[0].id}").write_text(str("torch" in sys.modules))
-    return real(raws, settings)
+    return real(ticket, raws, settings)
 
-encode.encode_chunk = encode_chunk
+encode._encode_on_board = encode_on_board
 from cloud_core.pipeline import predict_files
 from cloud_core.encode import EncodeSettings
 counts = predict_files([Path(sys.argv[2])], Path(sys.argv[3]), "default", "cpu", EncodeSettings(variant="detailed"),
@@ -111,21 +111,22 @@ def test_a_model_that_cannot_load_stops_before_any_output(demo_inputs, tmp_path)
 _ENCODED_IN_PARENT: list[str] = []
 
 
-def _slow_in_workers(chunk, settings):
-    """encode_chunk, half a second slower in any process but the one that imported this module first."""
-    import os
+def _slow_in_workers(ticket, chunk, settings):
+    """What a worker runs, half a second slower."""
     import time
 
     import cloud_core.encode as encode
 
-    if os.getpid() == _PARENT_PID:
-        _ENCODED_IN_PARENT.append(chunk[0].id)
-    else:
-        time.sleep(0.5)
+    time.sleep(0.5)
+    return encode.real_encode_on_board(ticket, chunk, settings)
+
+
+def _counted_in_parent(chunk, settings):
+    """encode_chunk (what the consuming process runs when it helps), noting each chunk."""
+    import cloud_core.encode as encode
+
+    _ENCODED_IN_PARENT.append(chunk[0].id)
     return encode.real_encode_chunk(chunk, settings)
-
-
-_PARENT_PID = __import__("os").getpid()
 
 
 def test_the_consumer_encodes_while_the_workers_are_slow(monkeypatch):
@@ -139,8 +140,10 @@ def test_the_consumer_encodes_while_the_workers_are_slow(monkeypatch):
     settings = encode.EncodeSettings(variant="detailed")
     expected = pl.concat(list(encode.encode_stream(raws, settings, workers=1, chunk_size=4)))
 
+    monkeypatch.setattr(encode, "real_encode_on_board", encode._encode_on_board, raising=False)
+    monkeypatch.setattr(encode, "_encode_on_board", _slow_in_workers)  # before the pool forks its worker
     monkeypatch.setattr(encode, "real_encode_chunk", encode.encode_chunk, raising=False)
-    monkeypatch.setattr(encode, "encode_chunk", _slow_in_workers)  # before the pool forks its worker
+    monkeypatch.setattr(encode, "encode_chunk", _counted_in_parent)
     for helping in (True, False):
         _ENCODED_IN_PARENT.clear()
         with encode.encoder_pool(1) as pool:
@@ -152,50 +155,88 @@ def test_the_consumer_encodes_while_the_workers_are_slow(monkeypatch):
             assert _ENCODED_IN_PARENT == []
 
 
-def _killed_on_poison(record, settings):  # replaces encode_record before the pool forks its workers
+def _poisoned(record, settings):  # replaces encode_record before the pool forks its workers
     import os
     import signal
+    import time
 
     import cloud_core.encode as encode
 
-    if record.id == "poison" and record.crystal is not None:
+    if record.crystal is not None and record.id == "kills":
         os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+    if record.crystal is not None and record.id == "hangs":
+        time.sleep(3600)  # as a library looping for ever would
     return encode.real_encode_record(record, settings)
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("own_pool", [False, True])
-def test_a_worker_killed_mid_chunk_costs_one_error_row_not_a_stuck_batch(monkeypatch, own_pool):
-    """An encoder worker that dies mid-chunk (a segfault in native code, the out-of-memory killer) never sends
-    its chunk back; the stream used to wait for it for ever. Now the consumer sees that the worker is gone and
-    encodes the chunk again in forked children, halving it down to the structure that kills its process again:
-    that one is an error row; every other row equals one-process encoding, in input order; the pool has
-    replaced the worker and goes on encoding; a stream with a pool of its own ends (close + join would wait
-    for the lost result)."""
+@pytest.mark.parametrize("poison", ["kills", "hangs"])
+def test_a_structure_that_kills_or_hangs_its_worker_costs_one_error_row_not_a_stuck_batch(
+    monkeypatch, poison, own_pool
+):
+    """A structure that kills its encoder worker (a segfault in native code, the out-of-memory killer) or
+    keeps it busy for ever: the worker never sends its chunk back, and the stream used to wait for it for ever.
+    Now the consumer sees the worker gone (or stops it past the hang limit: here 2 x 0.5 + 1 s) and encodes the
+    chunk again in forked children, halving it down to the structure that kills its process again: that one
+    is an error row; every other row equals one-process encoding, in input order; the pool has replaced the
+    worker and goes on encoding; a stream with a pool of its own ends (close + join would wait for the lost
+    result)."""
     import cloud_core.encode as encode
     from cloud_core.prototypes import generate_candidates
     from cloud_core.structures import RawInput, crystal_to_json
 
     raws = [RawInput(i, "demo", "json", crystal_to_json(c)) for i, c in generate_candidates(max_count=40, seed=5)]
-    settings = encode.EncodeSettings(variant="detailed")
+    settings = encode.EncodeSettings(variant="detailed", time_limit=0.5)
     expected = pl.concat(list(encode.encode_stream(raws, settings, workers=1, chunk_size=4)))
-    poisoned = [*raws[:13], RawInput("poison", "demo", "json", raws[13].text), *raws[13:]]
+    poisoned = [*raws[:13], RawInput(poison, "demo", "json", raws[13].text), *raws[13:]]
 
+    monkeypatch.setattr(encode, "HANG_SLACK_S", 1.0)
     monkeypatch.setattr(encode, "real_encode_record", encode.encode_record, raising=False)
-    monkeypatch.setattr(encode, "encode_record", _killed_on_poison)
+    monkeypatch.setattr(encode, "encode_record", _poisoned)
     with encode.encoder_pool(2) as pool:
         workers = {p.pid for p in pool._pool}
-        frames = encode.encode_stream(poisoned, settings, 2, 4, pool=None if own_pool else pool)
-        got = pl.concat(list(frames))
+        got = pl.concat(list(encode.encode_stream(poisoned, settings, 2, 4, pool=None if own_pool else pool)))
         if not own_pool:
-            assert len(workers - {p.pid for p in pool._pool}) == 1  # one worker died and was replaced
+            assert len(workers - {p.pid for p in pool._pool}) == 1  # one worker ended and was replaced
             again = pl.concat(list(encode.encode_stream(raws[:8], settings, 2, 4, pool=pool)))
             assert again.equals(expected.head(8))
 
     assert got["id"].to_list() == [raw.id for raw in poisoned]
-    row = got.filter(pl.col("id") == "poison").row(0, named=True)
-    assert row["scope"] is None and "the encoder process died (signal SIGKILL) on this structure" in row["error"]
-    assert got.filter(pl.col("id") != "poison").equals(expected)
+    row = got.filter(pl.col("id") == poison).row(0, named=True)
+    reason = {
+        "kills": "the encoder process died (signal SIGKILL) on this structure",
+        "hangs": "encoding this structure did not finish within 2 s",
+    }
+    assert row["scope"] is None and reason[poison] in row["error"], row["error"]
+    assert got.filter(pl.col("id") != poison).equals(expected)
+
+
+@pytest.mark.timeout(120)
+def test_encoding_again_in_forked_children_finds_each_structure_that_kills_or_hangs(monkeypatch):
+    """encode_isolated (for a chunk whose worker died): a child that dies or passes the hang limit has its part
+    halved and tried again, so in one chunk both culprits are found, each an error row with its reason, and
+    the rest encode as in one process."""
+    import cloud_core.encode as encode
+    from cloud_core.prototypes import generate_candidates
+    from cloud_core.structures import RawInput, crystal_to_json
+
+    raws = [RawInput(i, "demo", "json", crystal_to_json(c)) for i, c in generate_candidates(max_count=6, seed=5)]
+    settings = encode.EncodeSettings(variant="detailed", time_limit=0.5)
+    expected = encode.encode_chunk(raws, settings)
+    chunk = [*raws[:2], RawInput("hangs", "demo", "json", raws[0].text), *raws[2:5]]
+    chunk += [RawInput("kills", "demo", "json", raws[1].text), raws[5]]
+
+    monkeypatch.setattr(encode, "HANG_SLACK_S", 1.0)
+    monkeypatch.setattr(encode, "real_encode_record", encode.encode_record, raising=False)
+    monkeypatch.setattr(encode, "encode_record", _poisoned)
+    got = encode.encode_isolated(chunk, settings)
+
+    assert got["id"].to_list() == [raw.id for raw in chunk]
+    errors = dict(got.filter(pl.col("error").is_not_null()).select("id", "error").iter_rows())
+    assert errors.keys() == {"hangs", "kills"}
+    assert "did not finish within 2 s" in errors["hangs"] and "died (signal SIGKILL)" in errors["kills"]
+    assert got.filter(~pl.col("id").is_in(["hangs", "kills"])).equals(expected)
 
 
 def test_the_workers_are_topped_up_before_a_frame_is_handed_over():
