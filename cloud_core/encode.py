@@ -268,7 +268,7 @@ def shared_encoder_pool(workers: int) -> EncoderPool:
     Workers forked once pay that once, and keep their symmetry search cache."""
     with _SHARED_POOLS_LOCK:
         owner, pool = _SHARED_POOLS.get(workers, (None, None))
-        if owner != os.getpid() or pool is None:
+        if owner != os.getpid():
             pool = EncoderPool(workers)
             _SHARED_POOLS[workers] = (os.getpid(), pool)
         return pool
