@@ -309,14 +309,13 @@ class EncoderPool(multiprocessing.pool.Pool):
 
         A wrong yes would only have the chunk encoded twice; and the worker writes its pid before the ticket,
         so a pid read after a matching ticket is the one that started it."""
-        slot = SLOT * (ticket % BOARD_SLOTS)
+        slot = _slot(ticket)
         return self._board[slot] == ticket and _process_gone(self._board[slot + 1])
 
     def stop_if_stuck(self, ticket: int, limit: float) -> int | None:
         """If the worker on the chunk of `ticket` has been on one structure for more than `limit` seconds: kill
         it (the pool replaces it) and return the structure's position in the chunk."""
-        slot = SLOT * (ticket % BOARD_SLOTS)
-        board = self._board
+        slot, board = _slot(ticket), self._board
         if board[slot] != ticket:
             return None
         position = board[slot + 2]  # read before its start time, which the worker writes first
@@ -340,6 +339,11 @@ HANG_SLACK_S = 10.0  # see hang_limit
 _board: Any = None  # in a worker: its pool's board (set by _init_worker)
 
 
+def _slot(ticket: int) -> int:
+    """Where the board slot of `ticket` starts."""
+    return SLOT * (ticket % BOARD_SLOTS)
+
+
 def hang_limit(settings: EncodeSettings) -> float | None:
     """Seconds one structure may take in an encoder worker before the worker is stopped and the structure is
     an error row: twice the symmetry search's time limit (which holds only large cells) plus HANG_SLACK_S.
@@ -350,7 +354,7 @@ def hang_limit(settings: EncodeSettings) -> float | None:
 
 def _encode_on_board(ticket: int, chunk: list[RawInput], settings: EncodeSettings) -> pl.DataFrame:
     """In a worker: encode, noting on the board the chunk's ticket, this pid, and each structure as it starts."""
-    board, slot = _board, SLOT * (ticket % BOARD_SLOTS)
+    board, slot = _board, _slot(ticket)
     board[slot + 1], board[slot + 2] = os.getpid(), -1
     board[slot] = ticket
     rows = []
